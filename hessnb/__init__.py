@@ -1,0 +1,36 @@
+"""hessnb: Hessian eigenvalue densities of neural networks through training.
+
+Stochastic Lanczos quadrature (float64, full re-orthogonalisation) over a whole dataset,
+results as xarray datasets indexed by training step, and Jupyter views.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from hessnb import accessor as _accessor  # noqa: F401  (registers ds.hess)
+from hessnb.errors import HessnbError, NonDeterministicError, RunFileError
+from hessnb.lanczos import LanczosResult, lanczos, lanczos_block
+from hessnb.operators import HessianOperator
+from hessnb.quadrature import tridiagonal_to_quadrature, wasserstein_bound
+from hessnb.spectrum import MatrixOperator, estimate, spectrum
+
+__all__ = [
+    # errors
+    "HessnbError",
+    # operators
+    "HessianOperator",
+    # linear algebra
+    "LanczosResult",
+    "MatrixOperator",
+    "NonDeterministicError",
+    "RunFileError",
+    "__version__",
+    # estimation
+    "estimate",
+    "lanczos",
+    "lanczos_block",
+    "spectrum",
+    "tridiagonal_to_quadrature",
+    "wasserstein_bound",
+]

@@ -1,0 +1,221 @@
+"""The ``ds.hess`` accessor: densities and summaries derived from stored quadrature.
+
+Works on a single spectrum (dims probe x node) and on a tracked run (step x probe x node,
+optionally run x step x ...): every dimension other than ``probe`` and ``node`` is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from hessnb.quadrature import (
+    GRID_POINTS,
+    default_grid,
+    default_sigma,
+    gaussian_density,
+    log_gaussian_density,
+    moments,
+)
+
+__all__ = ["HessAccessor"]
+
+GRID_DIM = "eigenvalue"
+REQUIRED = ("nodes", "weights")
+
+
+def _probe_mean(values: np.ndarray, weights_present: np.ndarray) -> np.ndarray:
+    """Mean over the probe axis (-2) counting only probes that hold any weight."""
+    count = np.maximum(weights_present.sum(axis=-1), 1)
+    return values.sum(axis=-2) / count[..., None]
+
+
+@xr.register_dataset_accessor("hess")
+class HessAccessor:
+    """Derived views of a hessnb dataset: ``ds.hess.density()``, ``.top()``, ``.trace()``."""
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    # ------------------------------------------------------------------ helpers
+    def _quadrature(self) -> tuple[xr.DataArray, xr.DataArray]:
+        missing = [v for v in REQUIRED if v not in self._ds]
+        if missing:
+            raise ValueError(
+                f"dataset has no {', '.join(missing)}: ds.hess needs the quadrature nodes and "
+                "weights written by hessnb.spectrum or hessnb.Tracker"
+            )
+        nodes, weights = self._ds["nodes"], self._ds["weights"]
+        if nodes.size == 0:
+            raise ValueError("dataset holds no spectra (it is empty); record a step first")
+        lead = [d for d in nodes.dims if d not in ("probe", "node")]
+        order = [*lead, "probe", "node"]
+        return nodes.transpose(*order), weights.transpose(*order)
+
+    def _grid(
+        self, nodes: np.ndarray, sigma: float | None, grid: np.ndarray | int | None
+    ) -> tuple[float, np.ndarray]:
+        sigma = default_sigma(nodes) if sigma is None else float(sigma)
+        if sigma <= 0 or not np.isfinite(sigma):
+            raise ValueError(f"sigma must be a positive number, got {sigma}")
+        if grid is None or isinstance(grid, (int, np.integer)):
+            points = GRID_POINTS if grid is None else int(grid)
+            if points < 2:
+                raise ValueError(f"a grid needs at least 2 points, got {points}")
+            grid = default_grid(nodes, sigma, points)
+        grid = np.asarray(grid, dtype=np.float64)
+        if grid.ndim != 1 or grid.size < 2:
+            raise ValueError("grid must be a 1-D array of at least 2 eigenvalues")
+        return sigma, grid
+
+    def _wrap(self, values: np.ndarray, nodes: xr.DataArray, grid: np.ndarray, name: str,
+              attrs: dict) -> xr.DataArray:
+        lead = list(nodes.dims[:-2])
+        coords = {d: nodes[d] for d in lead if d in nodes.coords}
+        coords[GRID_DIM] = (GRID_DIM, grid, {"long_name": "eigenvalue", "units": "1"})
+        return xr.DataArray(values, dims=[*lead, GRID_DIM], coords=coords, name=name,
+                            attrs=attrs)
+
+    # ------------------------------------------------------------------ densities
+    def density(
+        self,
+        sigma: float | None = None,
+        grid: np.ndarray | int | None = None,
+        log: bool = False,
+    ) -> xr.DataArray:
+        """Smoothed spectral density ``phi_sigma`` on a grid, averaged over probes.
+
+        Parameters
+        ----------
+        sigma : float, optional
+            Kernel standard deviation. Default: ``sqrt(1e-5 * max(1, range))`` over all
+            nodes (the paper's reference code), so every step shares one kernel.
+        grid : array of shape (g,) or int, optional
+            Eigenvalues to evaluate at, or a number of points for the default grid
+            (10,000 points over all nodes, padded by ``max(0.01, 6 sigma)``).
+        log : bool
+            Return ``log10 phi`` computed stably (values like 1e-200 stay finite).
+
+        Returns
+        -------
+        xarray.DataArray, dims (..., "eigenvalue")
+            Leading dims are those of ``nodes`` other than probe and node (e.g. step).
+        """
+        nodes, weights = self._quadrature()
+        sigma, grid = self._grid(nodes.values, sigma, grid)
+        present = (weights.values.sum(axis=-1) > 0).astype(float)
+        if log:
+            logs = log_gaussian_density(nodes.values, weights.values, grid, sigma)
+            logs = np.where(present[..., None] > 0, logs, -np.inf)
+            count = np.maximum(present.sum(axis=-1), 1)
+            from scipy.special import logsumexp
+
+            values = (logsumexp(logs, axis=-2) - np.log(count)[..., None]) / np.log(10)
+            attrs = {"long_name": "log10 spectral density", "units": "1", "sigma": sigma}
+            return self._wrap(values, nodes, grid, "log10_density", attrs)
+        dens = gaussian_density(nodes.values, weights.values, grid, sigma)
+        values = _probe_mean(dens, present)
+        attrs = {"long_name": "spectral density", "units": "1", "sigma": sigma}
+        return self._wrap(values, nodes, grid, "density", attrs)
+
+    def density_band(
+        self,
+        sigma: float | None = None,
+        grid: np.ndarray | int | None = None,
+        level: float = 0.9,
+        resamples: int = 200,
+        seed: int = 0,
+    ) -> xr.Dataset:
+        """Density with a probe-bootstrap band (needs at least 2 probes).
+
+        Resamples probes with replacement ``resamples`` times and returns the mean density
+        with the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled
+        means as ``lower`` and ``upper``.
+        """
+        nodes, weights = self._quadrature()
+        n_probes = nodes.sizes["probe"]
+        if n_probes < 2:
+            raise ValueError(
+                "a bootstrap band needs several probes; run hessnb.spectrum with probes >= 2"
+            )
+        if not 0 < level < 1:
+            raise ValueError(f"level must lie in (0, 1), got {level}")
+        sigma, grid = self._grid(nodes.values, sigma, grid)
+        dens = gaussian_density(nodes.values, weights.values, grid, sigma)  # (..., P, g)
+        rng = np.random.default_rng(seed)
+        picks = rng.integers(0, n_probes, size=(resamples, n_probes))
+        boot = np.stack([dens[..., idx, :].mean(axis=-2) for idx in picks])
+        lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        mean = dens.mean(axis=-2)
+        attrs = {"units": "1", "sigma": sigma, "level": level}
+        return xr.Dataset({
+            "density": self._wrap(mean, nodes, grid, "density",
+                                  {**attrs, "long_name": "spectral density"}),
+            "lower": self._wrap(lo, nodes, grid, "lower",
+                                {**attrs, "long_name": "bootstrap lower quantile"}),
+            "upper": self._wrap(hi, nodes, grid, "upper",
+                                {**attrs, "long_name": "bootstrap upper quantile"}),
+        })
+
+    def log_abs_density(
+        self,
+        sigma: float | None = None,
+        grid: np.ndarray | int | None = None,
+        floor: float = 1e-12,
+    ) -> xr.DataArray:
+        """Density of ``log10 |lambda|`` (for log-scale eigenvalue axes).
+
+        Nodes with ``|theta| < floor`` are placed at ``log10(floor)``. The result
+        integrates to 1 over ``log10 |lambda|``; the sign of eigenvalues is not kept.
+        """
+        nodes, weights = self._quadrature()
+        if floor <= 0:
+            raise ValueError(f"floor must be positive, got {floor}")
+        logged = np.log10(np.maximum(np.abs(nodes.values), floor))
+        sigma, grid = self._grid(logged, sigma, grid)
+        dens = gaussian_density(logged, weights.values, grid, sigma)
+        present = (weights.values.sum(axis=-1) > 0).astype(float)
+        out = self._wrap(_probe_mean(dens, present), nodes, grid, "log_abs_density",
+                         {"long_name": "density of log10 |eigenvalue|", "sigma": sigma})
+        return out.rename({GRID_DIM: "log10_abs_eigenvalue"})
+
+    # ------------------------------------------------------------------ summaries
+    def top(self, k: int | None = None) -> xr.DataArray:
+        """The top ``k`` Ritz values (all stored when ``k`` is None), dims (..., k)."""
+        if "top_eigenvalues" not in self._ds:
+            raise ValueError("dataset has no top_eigenvalues; it was not written by hessnb")
+        top = self._ds["top_eigenvalues"]
+        if k is None:
+            return top
+        if not 1 <= k <= top.sizes["k"]:
+            raise ValueError(f"k must lie in 1..{top.sizes['k']}, got {k}")
+        return top.isel(k=slice(0, k))
+
+    def trace(self) -> xr.DataArray:
+        """Trace estimate ``n sum_j tau_j theta_j`` averaged over probes."""
+        if "trace" in self._ds:
+            return self._ds["trace"]
+        nodes, weights = self._quadrature()
+        per_probe = (weights * nodes.fillna(0)).sum("node") * self._ds["n_params"]
+        return per_probe.mean("probe").rename("trace")
+
+    def moments(self, orders: Sequence[int] = (1, 2, 3, 4)) -> xr.DataArray:
+        """Spectral moments ``tr(H^j) / n`` estimated by quadrature, dims (..., order)."""
+        nodes, weights = self._quadrature()
+        values = moments(nodes.values, weights.values, list(orders))  # (..., P, orders)
+        present = (weights.values.sum(axis=-1) > 0).astype(float)
+        mean = _probe_mean(values, present)
+        lead = list(nodes.dims[:-2])
+        coords = {d: nodes[d] for d in lead if d in nodes.coords}
+        coords["order"] = list(orders)
+        return xr.DataArray(mean, dims=[*lead, "order"], coords=coords, name="moments")
+
+    def w1_bound(self) -> xr.DataArray:
+        """A-priori Wasserstein-1 bound in eigenvalue units: ``t * (theta_max - theta_min)``."""
+        if "w1_bound" not in self._ds:
+            raise ValueError("dataset has no w1_bound variable")
+        nodes, _ = self._quadrature()
+        spread = nodes.max(["probe", "node"]) - nodes.min(["probe", "node"])
+        return (self._ds["w1_bound"] * spread).rename("w1_bound_abs")

@@ -1,0 +1,166 @@
+"""Storage of the float64 Krylov basis: on the device, in (pinned) CPU memory, or on disk.
+
+A Lanczos run with full re-orthogonalisation keeps every Lanczos vector: ``probes x steps
+x n_params`` float64 numbers (8 GB for ResNet-18 at 90 steps). This module decides where
+they live and does the Gram-Schmidt products against them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["PLACEMENTS", "KrylovBasis", "available_bytes", "basis_bytes", "choose_placement"]
+
+PLACEMENTS = ("device", "cpu", "mmap", "auto")
+_HEADROOM = 1.25  # need this many times the basis size free before choosing a placement
+
+
+def basis_bytes(probes: int, steps: int, dim: int) -> int:
+    """Bytes needed for a float64 Krylov basis of shape ``(probes, steps, dim)``."""
+    return 8 * probes * steps * dim
+
+
+def available_bytes(where: str, device: torch.device | None = None) -> int:
+    """Free memory in bytes on ``"device"`` (a CUDA device) or ``"cpu"`` (RAM)."""
+    if where == "device" and device is not None and device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if where == "cpu" or (device is None or device.type == "cpu"):
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+            return 2**62
+    return 2**62  # other accelerators: no portable query; trust the user
+
+
+def choose_placement(nbytes: int, device: torch.device) -> str:
+    """Pick ``"device"``, ``"cpu"`` or ``"mmap"`` for a basis of ``nbytes`` bytes."""
+    if available_bytes("device", device) > _HEADROOM * nbytes:
+        return "device"
+    if device.type != "cpu" and available_bytes("cpu") > _HEADROOM * nbytes:
+        return "cpu"
+    return "mmap"
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+@dataclass
+class KrylovBasis:
+    """Orthonormal Lanczos vectors of shape ``(probes, steps, dim)``, float64.
+
+    Use :meth:`allocate`; ``placement`` is where the numbers live and ``device`` where the
+    vectors passed in and out live (they are moved as needed).
+    """
+
+    storage: torch.Tensor
+    placement: str
+    device: torch.device
+    path: str | None = None
+
+    @classmethod
+    def allocate(
+        cls,
+        probes: int,
+        steps: int,
+        dim: int,
+        *,
+        placement: str = "device",
+        device: torch.device | str = "cpu",
+        directory: str | None = None,
+    ) -> KrylovBasis:
+        """Allocate the basis, refusing with a clear message when it cannot fit.
+
+        Parameters
+        ----------
+        probes, steps, dim : int
+            Shape of the basis.
+        placement : {"device", "cpu", "mmap", "auto"}
+            ``"device"``: same device as the vectors; ``"cpu"``: host memory (pinned
+            when the vectors are on CUDA); ``"mmap"``: a memory-mapped temporary file in
+            ``directory`` (default ``$TMPDIR``); ``"auto"``: the first that fits.
+        """
+        device = torch.device(device)
+        if placement not in PLACEMENTS:
+            raise ValueError(f"basis must be one of {PLACEMENTS}, got {placement!r}")
+        nbytes = basis_bytes(probes, steps, dim)
+        if placement == "auto":
+            placement = choose_placement(nbytes, device)
+        shape = (probes, steps, dim)
+        if placement == "mmap":
+            fd, path = tempfile.mkstemp(prefix="hessnb-basis-", suffix=".f64", dir=directory)
+            os.close(fd)
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=shape)
+            return cls(torch.from_numpy(array), "mmap", device, path)
+        where = device if placement == "device" else torch.device("cpu")
+        free = available_bytes("device" if placement == "device" else "cpu", where)
+        if nbytes > free:
+            raise MemoryError(
+                f"the Krylov basis needs {_human(nbytes)} ({probes} probes x {steps} steps x "
+                f"{dim} parameters x 8 bytes) but only {_human(free)} is free on "
+                f"{placement!r}; pass basis='cpu', basis='mmap' or basis='auto', or use fewer "
+                "steps or probes"
+            )
+        pin = placement == "cpu" and device.type == "cuda"
+        storage = torch.zeros(shape, dtype=torch.float64, device=where, pin_memory=pin)
+        return cls(storage, placement, device)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the basis in bytes."""
+        return self.storage.numel() * 8
+
+    def store(self, probes: torch.Tensor, step: int, vectors: torch.Tensor) -> None:
+        """Write ``vectors`` ``(len(probes), dim)`` as Lanczos vector ``step`` of ``probes``."""
+        values = vectors.to(self.storage.device, non_blocking=True)
+        if len(probes) == self.storage.shape[0]:
+            self.storage[:, step] = values
+        else:
+            for row, p in enumerate(probes.tolist()):
+                self.storage[p, step] = values[row]
+
+    def orthogonalise(self, probes: torch.Tensor, count: int, w: torch.Tensor) -> torch.Tensor:
+        """One Gram-Schmidt pass: ``w - Q Q^T w`` against the first ``count`` vectors.
+
+        ``w`` has shape ``(len(probes), dim)``; the result is on ``w``'s device. Two matrix-
+        vector products per probe, done as one batched product when all probes are active.
+        """
+        x = w.to(self.storage.device)
+        if len(probes) == self.storage.shape[0]:
+            q = self.storage[:, :count]  # (p, count, dim), a view
+            coeffs = torch.bmm(q, x.unsqueeze(2))
+            x = x - torch.bmm(q.transpose(1, 2), coeffs).squeeze(2)
+        else:
+            rows = []
+            for row, p in enumerate(probes.tolist()):
+                q = self.storage[p, :count]
+                rows.append(x[row] - q.T @ (q @ x[row]))
+            x = torch.stack(rows)
+        return x.to(w.device)
+
+    def vectors(self, probe: int, count: int) -> torch.Tensor:
+        """The first ``count`` Lanczos vectors of one probe, ``(count, dim)`` (a view)."""
+        return self.storage[probe, :count]
+
+    def close(self) -> None:
+        """Release the storage (and delete the memory-mapped file)."""
+        self.storage = torch.empty(0, dtype=torch.float64)
+        if self.path is not None and os.path.exists(self.path):
+            os.remove(self.path)
+            self.path = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
