@@ -13,7 +13,18 @@ from hessnb.errors import HessnbError, NonDeterministicError, RunFileError
 from hessnb.lanczos import LanczosResult, lanczos, lanczos_block
 from hessnb.operators import HessianOperator
 from hessnb.quadrature import tridiagonal_to_quadrature, wasserstein_bound
+from hessnb.runfile import combine_runs, open_run
+from hessnb.schedule import make_schedule
 from hessnb.spectrum import MatrixOperator, estimate, spectrum
+from hessnb.tracking import Tracker
+from hessnb.training import train
+
+
+def explore(ds, **kwargs):
+    """Open the interactive explorer on a run dataset (see :class:`hessnb.viz.Explorer`)."""
+    from hessnb.viz import Explorer
+
+    return Explorer(ds, **kwargs)
 
 __all__ = [
     # errors
@@ -26,11 +37,18 @@ __all__ = [
     "NonDeterministicError",
     "RunFileError",
     "__version__",
+    # tracking
+    "Tracker",
     # estimation
+    "combine_runs",
     "estimate",
+    "explore",
     "lanczos",
     "lanczos_block",
+    "make_schedule",
+    "open_run",
     "spectrum",
+    "train",
     "tridiagonal_to_quadrature",
     "wasserstein_bound",
 ]

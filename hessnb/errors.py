@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["HessnbError", "NonDeterministicError", "RunFileError"]
+__all__ = ["HessnbError", "NonDeterministicError", "NonFiniteError", "RunFileError"]
 
 
 class HessnbError(Exception):
@@ -11,6 +11,10 @@ class HessnbError(Exception):
 
 class NonDeterministicError(HessnbError, ValueError):
     """Two passes over the same batches gave different results."""
+
+
+class NonFiniteError(HessnbError, ValueError, FloatingPointError):
+    """The loss or a Hessian-vector product is NaN or infinite."""
 
 
 class RunFileError(HessnbError, ValueError):

@@ -1,0 +1,175 @@
+"""Run files: netCDF datasets indexed by training step, written crash-safely.
+
+Every write goes to a temporary file in the same folder, is flushed to disk, and then
+atomically renamed over the run file, so a crash (even ``kill -9``) at any moment leaves
+either the previous file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from hessnb.errors import RunFileError
+
+__all__ = ["SETTINGS", "check_compatible", "combine_runs", "open_run", "write_run"]
+
+ENGINE = "h5netcdf"
+#: Attributes that must agree between a run file and a tracker resuming it.
+SETTINGS = ("n_params", "lanczos_steps", "probes", "top_k", "seed", "bn_mode")
+REQUIRED_VARIABLES = ("nodes", "weights", "top_eigenvalues")
+TMP_SUFFIX = ".tmp"
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files left next to ``path`` by writers that were killed."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
+
+
+def _clean_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """netCDF-safe attributes: bools to ints, drop None."""
+    out = {}
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        out[key] = int(value) if isinstance(value, (bool, np.bool_)) else value
+    return out
+
+
+def write_run(ds: xr.Dataset, path: str | os.PathLike) -> None:
+    """Write ``ds`` to ``path`` atomically (temporary file, fsync, rename).
+
+    Raises
+    ------
+    ValueError
+        If the folder of ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"folder {path.parent} does not exist; create it or choose another path")
+    tmp = _tmp_path(path)
+    ds = ds.copy()
+    ds.attrs = _clean_attrs(ds.attrs)
+    for var in ds.variables.values():
+        var.attrs = _clean_attrs(var.attrs)
+    try:
+        ds.to_netcdf(tmp, engine=ENGINE)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def open_run(path: str | os.PathLike) -> xr.Dataset:
+    """Open a run file (fully loaded into memory; the file is closed again).
+
+    Parameters
+    ----------
+    path : str or path
+        A file written by :class:`hessnb.Tracker` (or :func:`write_run`).
+
+    Returns
+    -------
+    xarray.Dataset
+        Indexed by ``step``; ``ds.hess.density()`` gives densities by step.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    RunFileError
+        If the file is corrupt, truncated, or not a hessnb run.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no run file at {path}")
+    try:
+        with xr.open_dataset(path, engine=ENGINE) as handle:
+            ds = handle.load()
+    except Exception as exc:  # h5py/netCDF raise many types for damaged files
+        raise RunFileError(
+            f"{path} is not a readable netCDF run file ({type(exc).__name__}: {exc}); it may "
+            "be truncated or corrupt. Move it away (hessnb never overwrites it silently) and "
+            "start a new run, or pass another path"
+        ) from exc
+    missing = [v for v in REQUIRED_VARIABLES if v not in ds]
+    if missing or "step" not in ds.dims:
+        raise RunFileError(
+            f"{path} is a netCDF file but not a hessnb run (missing "
+            f"{', '.join(missing) or 'the step dimension'})"
+        )
+    return ds
+
+
+def check_compatible(existing: Mapping[str, Any], new: Mapping[str, Any], path: Any) -> None:
+    """Refuse to mix runs whose settings differ (``SETTINGS``)."""
+    differ = [
+        f"{key}: file has {existing.get(key)!r}, tracker has {new.get(key)!r}"
+        for key in SETTINGS
+        if key in new and str(existing.get(key)) != str(new.get(key))
+    ]
+    if differ:
+        raise RunFileError(
+            f"{path} was written with different settings ({'; '.join(differ)}). Resume with "
+            "the same settings, or write to another path (or pass overwrite=True to replace "
+            "it)"
+        )
+
+
+def combine_runs(runs: Mapping[str, xr.Dataset | str | os.PathLike]) -> xr.Dataset:
+    """Combine several runs (e.g. with and without batch norm) along a ``run`` dimension.
+
+    Parameters
+    ----------
+    runs : mapping of name to dataset or path
+        Steps may differ between runs (missing steps are NaN); attributes that differ
+        (model, n_params, bn_mode, ...) become coordinates along ``run``.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``(run, step, ...)``.
+    """
+    if not runs:
+        raise ValueError("combine_runs needs at least one run")
+    datasets = {
+        name: (open_run(item) if not isinstance(item, xr.Dataset) else item)
+        for name, item in runs.items()
+    }
+    keys = set().union(*(ds.attrs for ds in datasets.values()))
+    shared, varying = {}, []
+    for key in sorted(keys):
+        values = [ds.attrs.get(key) for ds in datasets.values()]
+        if all(str(v) == str(values[0]) for v in values):
+            shared[key] = values[0]
+        else:
+            varying.append(key)
+    parts = [ds.copy() for ds in datasets.values()]
+    for part in parts:
+        part.attrs = {}
+    index = pd.Index(list(datasets), name="run")
+    combined = xr.concat(parts, dim=index, join="outer", data_vars="all",
+                         combine_attrs="drop")
+    for key in varying:
+        values = [str(ds.attrs.get(key, "")) for ds in datasets.values()]
+        combined = combined.assign_coords({key: ("run", values)})
+    combined.attrs = shared
+    return combined
