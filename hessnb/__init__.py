@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from hessnb import accessor as _accessor  # noqa: F401  (registers ds.hess)
-from hessnb.errors import HessnbError, NonDeterministicError, RunFileError
+from hessnb.errors import HessnbError, NonDeterministicError, NonFiniteError, RunFileError
 from hessnb.lanczos import LanczosResult, lanczos, lanczos_block
 from hessnb.operators import HessianOperator
 from hessnb.quadrature import tridiagonal_to_quadrature, wasserstein_bound
@@ -35,6 +35,7 @@ __all__ = [
     "LanczosResult",
     "MatrixOperator",
     "NonDeterministicError",
+    "NonFiniteError",
     "RunFileError",
     "__version__",
     # tracking
@@ -43,6 +44,7 @@ __all__ = [
     "combine_runs",
     "estimate",
     "explore",
+    "Explorer",
     "lanczos",
     "lanczos_block",
     "make_schedule",

@@ -32,6 +32,15 @@ def _probe_mean(values: np.ndarray, weights_present: np.ndarray) -> np.ndarray:
     return values.sum(axis=-2) / count[..., None]
 
 
+def _present(weights: np.ndarray) -> np.ndarray:
+    """1.0 for probes holding quadrature weight, else 0.0, shape ``weights.shape[:-1]``.
+
+    ``nansum``: spectra of different lengths concatenated along a new dimension are padded
+    with NaN weights, which must not hide the probe.
+    """
+    return (np.nansum(weights, axis=-1) > 0).astype(float)
+
+
 @xr.register_dataset_accessor("hess")
 class HessAccessor:
     """Derived views of a hessnb dataset: ``ds.hess.density()``, ``.top()``, ``.trace()``."""
@@ -70,13 +79,13 @@ class HessAccessor:
             raise ValueError("grid must be a 1-D array of at least 2 eigenvalues")
         return sigma, grid
 
-    def _wrap(self, values: np.ndarray, nodes: xr.DataArray, grid: np.ndarray, name: str,
-              attrs: dict) -> xr.DataArray:
+    def _wrap(
+        self, values: np.ndarray, nodes: xr.DataArray, grid: np.ndarray, name: str, attrs: dict
+    ) -> xr.DataArray:
         lead = list(nodes.dims[:-2])
         coords = {d: nodes[d] for d in lead if d in nodes.coords}
         coords[GRID_DIM] = (GRID_DIM, grid, {"long_name": "eigenvalue", "units": "1"})
-        return xr.DataArray(values, dims=[*lead, GRID_DIM], coords=coords, name=name,
-                            attrs=attrs)
+        return xr.DataArray(values, dims=[*lead, GRID_DIM], coords=coords, name=name, attrs=attrs)
 
     # ------------------------------------------------------------------ densities
     def density(
@@ -105,7 +114,7 @@ class HessAccessor:
         """
         nodes, weights = self._quadrature()
         sigma, grid = self._grid(nodes.values, sigma, grid)
-        present = (weights.values.sum(axis=-1) > 0).astype(float)
+        present = _present(weights.values)
         if log:
             logs = log_gaussian_density(nodes.values, weights.values, grid, sigma)
             logs = np.where(present[..., None] > 0, logs, -np.inf)
@@ -148,16 +157,21 @@ class HessAccessor:
         picks = rng.integers(0, n_probes, size=(resamples, n_probes))
         boot = np.stack([dens[..., idx, :].mean(axis=-2) for idx in picks])
         lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
-        mean = dens.mean(axis=-2)
+        mean = _probe_mean(dens, _present(weights.values))
         attrs = {"units": "1", "sigma": sigma, "level": level}
-        return xr.Dataset({
-            "density": self._wrap(mean, nodes, grid, "density",
-                                  {**attrs, "long_name": "spectral density"}),
-            "lower": self._wrap(lo, nodes, grid, "lower",
-                                {**attrs, "long_name": "bootstrap lower quantile"}),
-            "upper": self._wrap(hi, nodes, grid, "upper",
-                                {**attrs, "long_name": "bootstrap upper quantile"}),
-        })
+        return xr.Dataset(
+            {
+                "density": self._wrap(
+                    mean, nodes, grid, "density", {**attrs, "long_name": "spectral density"}
+                ),
+                "lower": self._wrap(
+                    lo, nodes, grid, "lower", {**attrs, "long_name": "bootstrap lower quantile"}
+                ),
+                "upper": self._wrap(
+                    hi, nodes, grid, "upper", {**attrs, "long_name": "bootstrap upper quantile"}
+                ),
+            }
+        )
 
     def log_abs_density(
         self,
@@ -176,9 +190,14 @@ class HessAccessor:
         logged = np.log10(np.maximum(np.abs(nodes.values), floor))
         sigma, grid = self._grid(logged, sigma, grid)
         dens = gaussian_density(logged, weights.values, grid, sigma)
-        present = (weights.values.sum(axis=-1) > 0).astype(float)
-        out = self._wrap(_probe_mean(dens, present), nodes, grid, "log_abs_density",
-                         {"long_name": "density of log10 |eigenvalue|", "sigma": sigma})
+        present = _present(weights.values)
+        out = self._wrap(
+            _probe_mean(dens, present),
+            nodes,
+            grid,
+            "log_abs_density",
+            {"long_name": "density of log10 |eigenvalue|", "sigma": sigma},
+        )
         return out.rename({GRID_DIM: "log10_abs_eigenvalue"})
 
     # ------------------------------------------------------------------ summaries
@@ -205,7 +224,7 @@ class HessAccessor:
         """Spectral moments ``tr(H^j) / n`` estimated by quadrature, dims (..., order)."""
         nodes, weights = self._quadrature()
         values = moments(nodes.values, weights.values, list(orders))  # (..., P, orders)
-        present = (weights.values.sum(axis=-1) > 0).astype(float)
+        present = _present(weights.values)
         mean = _probe_mean(values, present)
         lead = list(nodes.dims[:-2])
         coords = {d: nodes[d] for d in lead if d in nodes.coords}

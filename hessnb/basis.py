@@ -122,12 +122,13 @@ class KrylovBasis:
 
     def store(self, probes: torch.Tensor, step: int, vectors: torch.Tensor) -> None:
         """Write ``vectors`` ``(len(probes), dim)`` as Lanczos vector ``step`` of ``probes``."""
-        values = vectors.to(self.storage.device, non_blocking=True)
+        # copy_ is synchronous across devices: a non_blocking device-to-host copy could
+        # still be in flight when the CPU reads the values.
         if len(probes) == self.storage.shape[0]:
-            self.storage[:, step] = values
+            self.storage[:, step].copy_(vectors)
         else:
             for row, p in enumerate(probes.tolist()):
-                self.storage[p, step] = values[row]
+                self.storage[p, step].copy_(vectors[row])
 
     def orthogonalise(self, probes: torch.Tensor, count: int, w: torch.Tensor) -> torch.Tensor:
         """One Gram-Schmidt pass: ``w - Q Q^T w`` against the first ``count`` vectors.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 __all__ = ["main"]
 
@@ -64,14 +63,6 @@ def _spectrum(args: argparse.Namespace) -> int:
     return spectrum_command(args)
 
 
-def _report(args: argparse.Namespace) -> int:
-    from hessnb.viz.report import write_report
-
-    write_report([Path(p) for p in args.runs], Path(args.html))
-    print(f"wrote {args.html}")
-    return 0
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hessnb", description="Hessian eigenvalue densities through training.")
@@ -107,10 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_slq_options(spec, "--steps", "--lanczos-steps")
     spec.set_defaults(func=_spectrum)
 
+    from hessnb.viz.report import add_arguments, report_command
+
     report = sub.add_parser("report", help="write the interactive HTML report of runs")
-    report.add_argument("runs", nargs="+", help="run files (.nc)")
-    report.add_argument("--html", default="report.html", help="output HTML file")
-    report.set_defaults(func=_report)
+    add_arguments(report)
+    report.set_defaults(func=report_command)
     return parser
 
 

@@ -123,6 +123,14 @@ def cifar10(
                 names = [n for n, _ in self.train_list + self.test_list]
                 return all(os.path.exists(os.path.join(base, n)) for n in names)
 
+            def _load_meta(self) -> None:
+                import pickle
+
+                path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+                with open(path, "rb") as handle:
+                    self.classes = pickle.load(handle, encoding="latin1")[self.meta["key"]]
+                self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
         cls = _Unverified
     try:
         data = cls(str(root), train=train, download=download and verify,

@@ -235,6 +235,12 @@ def lanczos(
             f"lanczos takes a ({dim},) start vector; use lanczos_block for a block of probes"
         )
     return lanczos_block(
-        matmat, dim, steps, probes=1, start=start, generator=generator, basis=basis,
+        matmat,
+        dim,
+        steps,
+        probes=1,
+        start=start,
+        generator=generator,
+        basis=basis,
         device=device,
     )

@@ -52,8 +52,7 @@ def tridiagonal_to_quadrature(
     beta = np.asarray(beta, dtype=np.float64)
     if alpha.ndim != 1 or beta.shape != (max(alpha.size - 1, 0),):
         raise ValueError(
-            f"need alpha of shape (m,) and beta of shape (m-1,), got {alpha.shape} and "
-            f"{beta.shape}"
+            f"need alpha of shape (m,) and beta of shape (m-1,), got {alpha.shape} and {beta.shape}"
         )
     if alpha.size == 1:
         return alpha.copy(), np.ones(1), np.ones((1, 1))
@@ -175,9 +174,7 @@ def moments(nodes: np.ndarray, weights: np.ndarray, orders: int | list[int]) -> 
     return values[..., 0] if np.ndim(orders) == 0 else values
 
 
-def wasserstein_bound(
-    steps: int, probes: int, dim: int, confidence: float = 0.95
-) -> float:
+def wasserstein_bound(steps: int, probes: int, dim: int, confidence: float = 0.95) -> float:
     """A-priori Wasserstein-1 bound ``t`` relative to the spectral range.
 
     From Chen, Trogdon & Ubaru (2021): with ``m >= 12 / t + 1/2`` Lanczos steps and

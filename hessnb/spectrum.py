@@ -135,7 +135,7 @@ def _as_operator(op: Any) -> LinearOperator:
     return op
 
 
-def _ritz(result: LanczosResult, top_k: int, keep_vectors: bool):  # noqa: ANN202
+def _ritz(result: LanczosResult, top_k: int, keep_vectors: bool):
     """Top Ritz values, residual norms and (optionally) vectors of probe 0."""
     m = int(result.lengths[0])
     alpha, beta = result.tridiagonal(0)
@@ -153,8 +153,12 @@ def _ritz(result: LanczosResult, top_k: int, keep_vectors: bool):  # noqa: ANN20
         coeff = torch.as_tensor(u[:, order].copy(), dtype=torch.float64, device=q.device)
         vectors = (q.T @ coeff).to(result.basis.device)
         if vectors.shape[1] < top_k:
-            pad = torch.full((vectors.shape[0], top_k - vectors.shape[1]), float("nan"),
-                             dtype=torch.float64, device=vectors.device)
+            pad = torch.full(
+                (vectors.shape[0], top_k - vectors.shape[1]),
+                float("nan"),
+                dtype=torch.float64,
+                device=vectors.device,
+            )
             vectors = torch.cat([vectors, pad], dim=1)
     return values, residuals, vectors
 
@@ -179,12 +183,22 @@ def estimate(
     dim = int(op.n_params)
     _check_settings(lanczos_steps, probes, top_k, dim)
     start = probe_vectors(dim, probes, seed)
-    bar = tqdm(total=lanczos_steps, desc=f"Lanczos ({probes} probe{'s' * (probes > 1)})",
-               unit="step", disable=not progress, leave=False)
+    bar = tqdm(
+        total=lanczos_steps,
+        desc=f"Lanczos ({probes} probe{'s' * (probes > 1)})",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    )
     try:
         result = lanczos_block(
-            op.matmat, dim, lanczos_steps, start=start, basis=basis,
-            device=getattr(op, "device", None), callback=lambda _j: bar.update(1),
+            op.matmat,
+            dim,
+            lanczos_steps,
+            start=start,
+            basis=basis,
+            device=getattr(op, "device", None),
+            callback=lambda _j: bar.update(1),
         )
     finally:
         bar.close()
@@ -198,12 +212,15 @@ def estimate(
     if result.basis is not None and not keep_vectors:
         result.basis.close()
     return SpectrumEstimate(
-        nodes=nodes, weights=weights, lengths=result.lengths.numpy(),
-        top_eigenvalues=values, top_residuals=residuals, n_params=dim,
+        nodes=nodes,
+        weights=weights,
+        lengths=result.lengths.numpy(),
+        top_eigenvalues=values,
+        top_residuals=residuals,
+        n_params=dim,
         w1_bound=wasserstein_bound(lanczos_steps, probes, dim, CONFIDENCE),
         top_vectors=vectors,
-        settings={"lanczos_steps": lanczos_steps, "probes": probes, "seed": seed,
-                  "top_k": top_k},
+        settings={"lanczos_steps": lanczos_steps, "probes": probes, "seed": seed, "top_k": top_k},
     )
 
 
@@ -232,27 +249,49 @@ def to_dataset(est: SpectrumEstimate, attrs: dict[str, Any] | None = None) -> xr
     stderr = float(np.std(traces, ddof=1) / math.sqrt(probes)) if probes > 1 else np.nan
     ds = xr.Dataset(
         {
-            "nodes": (("probe", "node"), est.nodes, {
-                "long_name": "quadrature node (Ritz value)", "units": "1"}),
-            "weights": (("probe", "node"), est.weights, {
-                "long_name": "quadrature weight", "units": "1"}),
-            "lanczos_length": (("probe",), est.lengths.astype(np.int64), {
-                "long_name": "Lanczos steps taken"}),
-            "top_eigenvalues": (("k",), est.top_eigenvalues, {
-                "long_name": "top Hessian eigenvalue (Ritz value)", "units": "1"}),
-            "top_residuals": (("k",), est.top_residuals, {
-                "long_name": "Ritz residual norm ||Hu - theta u||", "units": "1"}),
+            "nodes": (
+                ("probe", "node"),
+                est.nodes,
+                {"long_name": "quadrature node (Ritz value)", "units": "1"},
+            ),
+            "weights": (
+                ("probe", "node"),
+                est.weights,
+                {"long_name": "quadrature weight", "units": "1"},
+            ),
+            "lanczos_length": (
+                ("probe",),
+                est.lengths.astype(np.int64),
+                {"long_name": "Lanczos steps taken"},
+            ),
+            "top_eigenvalues": (
+                ("k",),
+                est.top_eigenvalues,
+                {"long_name": "top Hessian eigenvalue (Ritz value)", "units": "1"},
+            ),
+            "top_residuals": (
+                ("k",),
+                est.top_residuals,
+                {"long_name": "Ritz residual norm ||Hu - theta u||", "units": "1"},
+            ),
             "trace": ((), float(traces.mean()), {"long_name": "Hessian trace estimate"}),
-            "trace_stderr": ((), stderr, {
-                "long_name": "standard error of the trace estimate over probes"}),
-            "w1_bound": ((), est.w1_bound, {
-                "long_name": "a-priori Wasserstein-1 bound relative to the spectral range",
-                "confidence": CONFIDENCE,
-                "reference": "Chen, Trogdon & Ubaru (2021)"}),
+            "trace_stderr": (
+                (),
+                stderr,
+                {"long_name": "standard error of the trace estimate over probes"},
+            ),
+            "w1_bound": (
+                (),
+                est.w1_bound,
+                {
+                    "long_name": "a-priori Wasserstein-1 bound relative to the spectral range",
+                    "confidence": CONFIDENCE,
+                    "reference": "Chen, Trogdon & Ubaru (2021)",
+                },
+            ),
             "n_params": ((), np.int64(est.n_params), {"long_name": "number of parameters"}),
         },
-        coords={"probe": np.arange(probes), "node": np.arange(steps),
-                "k": np.arange(1, top_k + 1)},
+        coords={"probe": np.arange(probes), "node": np.arange(steps), "k": np.arange(1, top_k + 1)},
     )
     ds.attrs.update({f"{k}": v for k, v in est.settings.items()})
     ds.attrs["n_params"] = int(est.n_params)
@@ -304,5 +343,6 @@ def spectrum(
     >>> ds.top_eigenvalues.values.round(6)
     array([50., 49., 48.])
     """
+    op = _as_operator(op)  # provenance describes the operator, not the array it came from
     est = estimate(op, lanczos_steps, probes, seed, top_k, basis=basis, progress=progress)
     return to_dataset(est, provenance(op))

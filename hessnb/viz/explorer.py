@@ -1,0 +1,331 @@
+"""``hessnb.explore(ds)``: an ipywidgets explorer of a run's spectra.
+
+Controls (a step slider with a play button, a kernel-width slider, a log/linear toggle,
+a run selector and a refresh button) redraw one ``alt.JupyterChart``: the density at the
+current step with the top eigenvalues as rules coloured and sized by their share of the
+gradient, beside the ``grad_fraction`` curve with a marker at the current step. Nothing
+is computed here beyond ``ds.hess`` (through :mod:`hessnb.viz.charts`); re-smoothing
+reuses the stored quadrature nodes and weights. ``JupyterChart`` is an anywidget, so no
+front-end build step is needed (JupyterLab, Notebook 7, VS Code, Binder).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import ipywidgets as widgets
+import xarray as xr
+
+from hessnb.viz import charts, frames
+from hessnb.viz.frames import DEFAULT_POINTS, XScale
+
+__all__ = ["Explorer", "explore"]
+
+Source = xr.Dataset | str | Path | Callable[[], xr.Dataset] | Any
+#: Kernel-width slider range around the default width, in powers of ten.
+SIGMA_DECADES_BELOW, SIGMA_DECADES_ABOVE = 1.0, 2.0
+#: Panel widths (px) that fit a notebook's output area side by side.
+DENSITY_WIDTH, GRAD_WIDTH = 360, 220
+
+
+def _jupyter_chart(chart: alt.TopLevelMixin, offline: bool) -> Any:
+    try:
+        import anywidget  # noqa: F401
+    except ImportError as err:  # pragma: no cover - anywidget is a dependency
+        raise ImportError(
+            "the explorer draws with altair.JupyterChart, which needs the anywidget package: "
+            "pip install anywidget"
+        ) from err
+    if offline:
+        alt.JupyterChart.enable_offline()  # Vega's JavaScript from vl-convert, not a CDN
+    return alt.JupyterChart(chart, embed_options={"renderer": "svg", "actions": False})
+
+
+class Explorer(widgets.VBox):
+    """Interactive view of a run (or several runs) of Hessian spectra.
+
+    Parameters
+    ----------
+    source : xarray.Dataset, path, hessnb.Tracker or callable
+        A run dataset (``hessnb.open_run``), the path of a run file, a tracker, or a
+        function returning the current dataset. With a path, a tracker or a function,
+        :meth:`refresh` (and the refresh button) re-reads it, so a run still being
+        tracked can be followed.
+    run : str, optional
+        Run shown first when the dataset holds several (default: the first).
+    step : int, optional
+        Step shown first (default: the last recorded).
+    sigma : float, optional
+        Kernel width (default: the paper's, at least one grid spacing).
+    points : int
+        Grid points of the density.
+    log_y : bool
+        Start with a logarithmic density axis.
+    x_scale : {"linear", "symlog"}
+        Eigenvalue axis.
+    band : bool
+        Draw the probe-bootstrap band when the run has several probes.
+    offline : bool
+        Load Vega's JavaScript from vl-convert instead of a CDN (works without network).
+    interval_ms : int
+        Delay between frames of the play button.
+
+    Attributes
+    ----------
+    step_slider, play, sigma_slider, scale_toggle, run_select, refresh_button
+        The controls (ipywidgets); setting their values redraws the chart.
+    chart_widget : altair.JupyterChart
+        The chart; ``chart_widget.chart`` is the altair chart drawn.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        run: str | None = None,
+        step: int | None = None,
+        sigma: float | None = None,
+        points: int = DEFAULT_POINTS,
+        log_y: bool = True,
+        x_scale: XScale = "linear",
+        band: bool = True,
+        offline: bool = True,
+        interval_ms: int = 500,
+    ) -> None:
+        self._source = source
+        self._points = points
+        self._x_scale = x_scale
+        self._band = band
+        self._y_max: dict[tuple[Any, ...], float] = {}
+        self._quiet = False
+        self.dataset = self._load()
+        names = frames.run_names(self.dataset)
+        run = (run or names[0]) if names else None
+        self._run_ds = frames.select_run(self.dataset, run)
+        first = frames.smoothing(self.dataset, sigma, points, x_scale)
+        self._smoothing = first
+
+        self.run_select = widgets.Dropdown(options=names, value=run, description="run")
+        self.run_select.layout.display = None if names else "none"
+        self.step_slider = widgets.SelectionSlider(
+            options=self._step_options(), description="step", continuous_update=False
+        )
+        self.step_slider.value = frames.check_step(self._run_ds, step)
+        self.play = widgets.Play(
+            min=0,
+            max=len(self.step_slider.options) - 1,
+            value=self.step_slider.index,
+            interval=interval_ms,
+        )
+        widgets.link((self.play, "value"), (self.step_slider, "index"))
+        centre = math.log10(first.sigma)
+        self.sigma_slider = widgets.FloatLogSlider(
+            value=first.sigma,
+            base=10,
+            min=centre - SIGMA_DECADES_BELOW,
+            max=centre + SIGMA_DECADES_ABOVE,
+            step=0.05,
+            description="σ",
+            readout_format=".3g",
+            continuous_update=False,
+        )
+        self.scale_toggle = widgets.ToggleButtons(
+            options=[("log", True), ("linear", False)], value=bool(log_y), description="density"
+        )
+        self.refresh_button = widgets.Button(
+            description="refresh", icon="refresh", tooltip="re-read the run and pick up new steps"
+        )
+        self.status = widgets.HTML()
+        self.chart_widget = _jupyter_chart(self.build_chart(), offline)
+
+        for control in (self.step_slider, self.sigma_slider, self.scale_toggle):
+            control.observe(self._redraw, names="value")
+        self.run_select.observe(self._on_run, names="value")
+        self.refresh_button.on_click(lambda _button: self.refresh())
+        controls = widgets.HBox([self.play, self.step_slider, self.run_select])
+        options = widgets.HBox([self.sigma_slider, self.scale_toggle, self.refresh_button])
+        super().__init__([controls, options, self.chart_widget, self.status])
+        self._update_status()
+
+    # ------------------------------------------------------------------ state
+    def _load(self) -> xr.Dataset:
+        source = self._source
+        if isinstance(source, xr.Dataset):
+            ds = source
+        elif isinstance(source, (str, Path)):
+            ds = frames.open_path(source)
+        elif callable(source):
+            ds = source()
+        elif hasattr(source, "dataset"):  # a hessnb.Tracker: the run recorded so far
+            ds = source.dataset
+            if ds is None:
+                raise ValueError("the tracker has recorded no step yet; record one first")
+        else:
+            raise TypeError(
+                "explore() needs a run dataset, the path of a run file, a hessnb.Tracker, "
+                f"or a function returning a dataset; got {type(source).__name__}"
+            )
+        frames.require(ds, frames.SPECTRUM_VARS, "the explorer")
+        return ds
+
+    def _step_options(self) -> list[tuple[str, int]]:
+        return [(str(s), int(s)) for s in frames.steps_of(self._run_ds)]
+
+    @property
+    def step(self) -> int:
+        """The step shown; setting a step that was not recorded raises ValueError."""
+        return int(self.step_slider.value)
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.step_slider.value = frames.check_step(self._run_ds, value)
+
+    @property
+    def sigma(self) -> float:
+        """Kernel width; setting it re-smooths the stored quadrature (must be > 0)."""
+        return float(self.sigma_slider.value)
+
+    @sigma.setter
+    def sigma(self, value: float) -> None:
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            raise ValueError(f"sigma must be a positive number (kernel width), got {value!r}")
+        exponent = math.log10(value)
+        slider = self.sigma_slider
+        with slider.hold_sync():
+            slider.min, slider.max = min(slider.min, exponent), max(slider.max, exponent)
+            slider.value = float(value)
+
+    @property
+    def log_y(self) -> bool:
+        """Logarithmic density axis."""
+        return bool(self.scale_toggle.value)
+
+    @log_y.setter
+    def log_y(self, value: bool) -> None:
+        self.scale_toggle.value = bool(value)
+
+    @property
+    def run(self) -> str | None:
+        """Run shown (None for a dataset without a ``run`` dimension)."""
+        return self.run_select.value
+
+    @run.setter
+    def run(self, value: str) -> None:
+        names = frames.run_names(self.dataset)
+        if value not in names:
+            raise ValueError(f"no run named {value!r}; the dataset holds runs {names}")
+        self.run_select.value = value
+
+    @property
+    def smoothing(self) -> frames.Smoothing:
+        """Kernel width and grid of the density drawn (shared by every step and run)."""
+        if self._smoothing.sigma != self.sigma:
+            self._smoothing = frames.smoothing(
+                self.dataset, self.sigma, self._points, self._x_scale
+            )
+        return self._smoothing
+
+    def density(self) -> xr.DataArray:
+        """The density drawn: ``ds.hess.density(sigma, grid)`` of the run at the step."""
+        sm = self.smoothing
+        return (
+            self._run_ds.sel(step=[self.step])
+            .hess.density(sigma=sm.sigma, grid=sm.grid)
+            .isel(step=0)
+        )
+
+    # ------------------------------------------------------------------ drawing
+    def _top_of_axis(self) -> float:
+        """Largest density over every step of the run (fixed axis while stepping)."""
+        sm = self.smoothing
+        key = (self.run, sm.sigma, self.log_y, self._run_ds.sizes["step"])
+        if key not in self._y_max:
+            peak = float(self._run_ds.hess.density(sigma=sm.sigma, grid=sm.grid).max())
+            self._y_max[key] = peak * (3.0 if self.log_y else 1.15)
+        return self._y_max[key]
+
+    def build_chart(self) -> alt.TopLevelMixin:
+        """The chart for the current controls (density and, when stored, gradient share)."""
+        step = int(self.step_slider.value)
+        density = charts.density_chart(
+            self._run_ds,
+            step,
+            smoothing=self.smoothing,
+            log_y=self.log_y,
+            band=self._band,
+            y_max=self._top_of_axis(),
+            width=DENSITY_WIDTH,
+        )
+        if "grad_fraction" not in self._run_ds:
+            return density
+        return alt.hconcat(density, charts.gradient_chart(self._run_ds, step, width=GRAD_WIDTH))
+
+    def _redraw(self, _change: Any = None) -> None:
+        if self._quiet:
+            return
+        self.chart_widget.chart = self.build_chart()
+        self._update_status()
+
+    def _update_status(self) -> None:
+        steps = frames.steps_of(self._run_ds)
+        run = f"run <b>{self.run}</b> · " if self.run is not None else ""
+        self.status.value = (
+            f"{run}{steps.size} recorded steps ({steps[0]}…{steps[-1]}) · "
+            f"σ = {self.sigma:.3g} · {self._points} grid points"
+        )
+
+    def _reselect(self, run: str | None) -> None:
+        """Point the controls at ``run`` of the current dataset, keeping the step if any."""
+        old_step = self.step
+        was_last = self.step_slider.index == len(self.step_slider.options) - 1
+        self._run_ds = frames.select_run(self.dataset, run)
+        options = self._step_options()
+        steps = [s for _, s in options]
+        self._quiet = True
+        try:
+            self.step_slider.options = options
+            self.play.max = len(options) - 1
+            keep = old_step in steps and not was_last
+            self.step_slider.value = old_step if keep else steps[-1]
+        finally:
+            self._quiet = False
+
+    def _on_run(self, change: dict[str, Any]) -> None:
+        self._reselect(change["new"])
+        self._redraw()
+
+    def refresh(self, dataset: xr.Dataset | None = None) -> Explorer:
+        """Re-read the source (or take ``dataset``) and redraw, picking up new steps.
+
+        If the last step was shown, the new last step is shown; otherwise the step stays.
+        """
+        if dataset is not None:
+            frames.require(dataset, frames.SPECTRUM_VARS, "the explorer")
+        self.dataset = dataset if dataset is not None else self._load()
+        self._smoothing = frames.smoothing(self.dataset, self.sigma, self._points, self._x_scale)
+        self._y_max.clear()
+        names = frames.run_names(self.dataset)
+        run = self.run if self.run in names else (names or [None])[0]
+        self._quiet = True
+        try:
+            self.run_select.options = names
+            self.run_select.value = run
+        finally:
+            self._quiet = False
+        self._reselect(run)
+        self._redraw()
+        return self
+
+
+def explore(source: Source, **kwargs: Any) -> Explorer:
+    """Open an :class:`Explorer` on a run dataset, a run file, or a dataset-returning function.
+
+    Keyword arguments are those of :class:`Explorer` (``run``, ``step``, ``sigma``,
+    ``points``, ``log_y``, ``x_scale``, ``band``, ``offline``, ``interval_ms``).
+    """
+    return Explorer(source, **kwargs)

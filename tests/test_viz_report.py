@@ -1,0 +1,80 @@
+"""The self-contained HTML report (``hessnb report RUN... --html out.html``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from test_viz_charts import table, views_with
+from viz_data import run_dataset
+
+from hessnb.runfile import write_run
+from hessnb.viz import frames, report
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list:
+    folder = tmp_path_factory.mktemp("runs")
+    paths = []
+    for name, steps in (("bn", (0, 10, 20)), ("no-bn", (0, 10, 20, 40))):
+        path = folder / f"{name}.nc"
+        write_run(run_dataset(steps=steps, name=name), path)
+        paths.append(path)
+    return paths
+
+
+def test_report_chart_links_every_view_to_one_slider() -> None:
+    run = run_dataset(steps=(0, 10, 20, 40))
+    spec = report.report_chart(run, points=80).to_dict()
+    assert [p["name"] for p in spec["params"]] == ["at_step"]
+    density = table(spec, "density")
+    sm = frames.smoothing(run, points=80)
+    assert sorted(set(density["step"])) == [0, 10, 20, 40]
+    for step, rows in density.groupby("step"):
+        expected = run.hess.density(sigma=sm.sigma, grid=sm.grid).sel(step=step)
+        np.testing.assert_array_equal(rows["density"], expected.values)
+    slider_filter = {"filter": "datum.step <= at_step && at_step < datum.step_end"}
+    for kind in ("line", "rule", "text", "point"):
+        assert any(slider_filter in v.get("transform", []) for v in views_with(spec, kind))
+    assert views_with(spec, "rect")  # the heat map
+
+
+def test_cli_main_writes_a_self_contained_page(files, tmp_path, capsys) -> None:
+    out = tmp_path / "out" / "report.html"
+    assert report.main([*map(str, files), "--html", str(out), "--points", "60"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    page = out.read_text()
+    assert "<script src=" not in page and "vega" in page
+    body = page[page.rfind("</head>") :]  # the header is in the page, not in the JS bundle
+    assert "Runs: bn, no-bn" in body and "training step" in body
+    assert "<h1" in body and "lanczos_steps" in body
+
+
+def test_load_runs_names_and_pads(files) -> None:
+    both = report.load_runs(files)
+    assert frames.run_names(both) == ["bn", "no-bn"]
+    assert frames.steps_of(frames.select_run(both, "bn")).tolist() == [0, 10, 20]
+    single = run_dataset(steps=(0, 10))
+    assert report.load_runs(single) is single
+
+
+def test_thinning_bounds_the_steps(tmp_path) -> None:
+    run = run_dataset(steps=tuple(range(0, 50, 5)))
+    path = report.write_report(run, tmp_path / "r.html", max_steps=4, points=40)
+    assert "Showing 4 of 10 recorded steps" in path.read_text()
+
+
+def test_report_bad_input(files, tmp_path) -> None:
+    run = run_dataset(steps=(0, 10))
+    with pytest.raises(ValueError, match=r"ending in \.html"):
+        report.write_report(run, tmp_path / "r.png")
+    with pytest.raises(FileNotFoundError, match=r"no run file"):
+        report.write_report(tmp_path / "missing.nc", tmp_path / "r.html")
+    with pytest.raises(ValueError, match=r"at least one run"):
+        report.write_report([], tmp_path / "r.html")
+    with pytest.raises(ValueError, match=r"needs the variable"):
+        report.write_report(xr.Dataset(), tmp_path / "r.html")
+    with pytest.raises(ValueError, match=r"max_steps"):
+        report.write_report(run, tmp_path / "r.html", max_steps=1)
+    with pytest.raises(SystemExit):
+        report.main([str(files[0])])  # --html is required
