@@ -20,11 +20,14 @@ from hessnb.tracking import Tracker
 from hessnb.training import train
 
 
-def explore(ds, **kwargs):
-    """Open the interactive explorer on a run dataset (see :class:`hessnb.viz.Explorer`)."""
-    from hessnb.viz import Explorer
+def __getattr__(name: str):  # lazy: the views pull in altair and ipywidgets
+    if name in ("explore", "Explorer", "viz"):
+        import importlib
 
-    return Explorer(ds, **kwargs)
+        viz = importlib.import_module("hessnb.viz")
+        return viz if name == "viz" else getattr(viz, name)
+    raise AttributeError(f"module 'hessnb' has no attribute {name!r}")
+
 
 __all__ = [
     # errors

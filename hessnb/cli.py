@@ -16,8 +16,9 @@ def _demo(args: argparse.Namespace) -> int:
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     if args.steps is not None:
         settings = DemoSettings(**{**settings.__dict__, "steps": args.steps})
-    print(f"hessnb demo: small CNN on scikit-learn digits, {settings.steps} SGD steps, "
-          f"with and without batch norm; {settings.lanczos_steps} Lanczos steps per spectrum")
+    print(f"hessnb demo: small CNN on {settings.examples} scikit-learn digits, "
+          f"{settings.steps} SGD steps, with and without batch norm (Hessian in BN train "
+          f"mode); {settings.lanczos_steps} Lanczos steps per spectrum")
     paths = run_demo(args.out, settings, progress=not args.no_progress)
     combined = combine_runs({k: paths[k] for k in ("no-bn", "bn")})
     print("\nwrote")
@@ -70,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a digits CNN with and without BN, track both")
     demo.add_argument("--out", default="hessnb-demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--steps", type=int, default=None, help="SGD steps (default 300; 40 quick)")
+    demo.add_argument("--steps", type=int, default=None, help="SGD steps (default 200; 40 quick)")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)

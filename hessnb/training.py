@@ -70,6 +70,7 @@ def train(
     checkpoint_dir: str | os.PathLike | None = None,
     seed: int = 0,
     progress: bool = True,
+    record_final: bool = True,
 ) -> nn.Module:
     """Train ``model`` with SGD + momentum for ``steps`` minibatch steps.
 
@@ -85,8 +86,12 @@ def train(
     lr, momentum, weight_decay : float
         SGD settings; ``lr`` is multiplied by ``lr_factor`` at each step in ``lr_drops``.
     tracker : Tracker, optional
-        ``tracker.maybe_record(step, lr=...)`` runs before each step and after the last
-        one (step ``steps``), so step ``s`` is the model after ``s`` updates.
+        Records (with ``lr=...``) at its scheduled steps, before the update of that step,
+        so step ``s`` is the model after ``s`` updates; steps already in its file are
+        skipped (resuming).
+    record_final : bool
+        Also record the model after the last update (step ``steps``) when the schedule
+        does not include it.
     checkpoint_dir : path, optional
         Save model and optimizer state after each recorded step (and at the end); an
         existing checkpoint there is resumed from.
@@ -128,8 +133,11 @@ def train(
     try:
         for step in range(start, steps + 1):
             rate = learning_rate(step, lr, lr_drops, lr_factor)
-            if tracker is not None and step in tracker.schedule:
-                tracker.maybe_record(step, lr=rate)
+            due = tracker is not None and (
+                step in tracker.schedule or (record_final and step == steps))
+            if due:
+                if step not in tracker.steps:
+                    tracker.record(step, lr=rate)
                 checkpoint(step)
             if step == steps:
                 break
