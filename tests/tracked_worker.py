@@ -25,7 +25,7 @@ def main(run_file: str, checkpoint_dir: str) -> None:
                       every=EVERY, lanczos_steps=12, top_k=3, progress=False)
     record = tracker.record
 
-    def announce(step: int, **scalars: float):  # noqa: ANN202
+    def announce(step: int, **scalars: float):
         result = record(step, **scalars)
         print(f"recorded {step}", flush=True)
         return result
