@@ -19,6 +19,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from hessnb import distributed as _distributed
 from hessnb.gradients import cosine, projection_statistics
 from hessnb.operators import BN_MODES, HessianOperator, LossFn, _select_parameters
 from hessnb.runfile import (
@@ -79,7 +80,12 @@ class Tracker:
     overwrite : bool
         Replace an existing file at the first record instead of resuming it.
     progress : bool
-        Progress bars for each spectrum.
+        Progress bars for each spectrum (rank 0 only).
+    distributed : bool, optional
+        Under ``torch.distributed`` (torchrun): ``batches`` is this rank's shard (see
+        :func:`hessnb.distributed.shard`), HVPs are all-reduced, every rank computes the
+        same spectrum and keeps the run in memory, and only rank 0 reads and writes the
+        file. Default: when a process group of more than one rank is initialised.
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class Tracker:
         name: str | None = None,
         overwrite: bool = False,
         progress: bool = True,
+        distributed: bool | None = None,
     ) -> None:
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
@@ -120,18 +127,26 @@ class Tracker:
         self.lanczos_steps, self.probes, self.top_k, self.seed = (
             lanczos_steps, probes, top_k, seed)
         self.bn_mode, self.dtype, self.transfer, self.basis = bn_mode, dtype, transfer, basis
-        self.progress, self.name = progress, name
+        self._distributed = _distributed.use_distributed(distributed)
+        self.progress = progress and (not self._distributed or _distributed.is_main())
+        self.name = name
         self.settings = {
             "n_params": n_params, "lanczos_steps": lanczos_steps, "probes": probes,
             "top_k": top_k, "seed": seed, "bn_mode": bn_mode,
         }
+        self._replace = overwrite
+        self._data: xr.Dataset | None = _distributed.from_main(
+            self._open_existing, self._distributed)
+
+    def _open_existing(self) -> xr.Dataset | None:
+        """Remove temporaries of killed writers; open the run to resume (rank 0 only)."""
         for stale in stale_temporaries(self.path):
             stale.unlink()
-        self._data: xr.Dataset | None = None
-        self._replace = overwrite
-        if self.path.exists() and not overwrite:
-            self._data = open_run(self.path)
-            check_compatible(self._data.attrs, self.settings, self.path)
+        if not self.path.exists() or self._replace:
+            return None
+        existing = open_run(self.path)
+        check_compatible(existing.attrs, self.settings, self.path)
+        return existing
 
     # ------------------------------------------------------------------ queries
     @property
@@ -186,6 +201,7 @@ class Tracker:
         op = HessianOperator(
             self.model, self.loss_fn, self.batches, params=[n for n, _ in self._selected],
             bn_mode=self.bn_mode, dtype=self.dtype, transfer=self.transfer,
+            distributed=self._distributed,
         )
         est = estimate(op, self.lanczos_steps, self.probes, self.seed, self.top_k,
                        basis=self.basis, progress=self.progress, keep_vectors=True)
@@ -282,5 +298,6 @@ class Tracker:
                               coords="minimal", compat="override",
                               combine_attrs="override").sortby("step")
             grown.attrs = record.attrs
-        write_run(grown, self.path)  # on disk before record returns
+        # on disk before record returns; only rank 0 writes
+        _distributed.write_on_main(write_run, grown, self.path, self._distributed)
         self._data, self._replace = grown, False
