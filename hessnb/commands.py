@@ -417,7 +417,7 @@ def _run(args: argparse.Namespace) -> int:
         model, F.cross_entropy, metered, args.out, every=[s for s, _ in items],
         lanczos_steps=args.lanczos_steps, probes=args.probes, top_k=args.top_k,
         bn_mode=args.bn_mode, seed=args.seed, basis=plan.placement, transfer=True,
-        progress=False,
+        progress=False, attrs={"precision": args.precision, "data": args.data},
     )
     todo = [(s, p) for s, p in items if tracker.due(s)]
     passes = args.lanczos_steps + EXTRA_PASSES

@@ -77,6 +77,8 @@ class Tracker:
         Passed to the operator / Lanczos.
     name : str, optional
         A label for the run (stored in the file's ``run`` attribute).
+    attrs : dict, optional
+        Extra provenance attributes for the file (e.g. ``{"precision": "bf16"}``).
     overwrite : bool
         Replace an existing file at the first record instead of resuming it.
     progress : bool
@@ -106,6 +108,7 @@ class Tracker:
         transfer: bool = False,
         basis: str = "device",
         name: str | None = None,
+        attrs: dict[str, Any] | None = None,
         overwrite: bool = False,
         progress: bool = True,
         distributed: bool | None = None,
@@ -130,6 +133,7 @@ class Tracker:
         self._distributed = _distributed.use_distributed(distributed)
         self.progress = progress and (not self._distributed or _distributed.is_main())
         self.name = name
+        self.extra_attrs = dict(attrs or {})
         self.settings = {
             "n_params": n_params, "lanczos_steps": lanczos_steps, "probes": probes,
             "top_k": top_k, "seed": seed, "bn_mode": bn_mode,
@@ -213,7 +217,8 @@ class Tracker:
         record = record.expand_dims(step=[step])
         for key in ("n_params",):
             record[key] = record[key].isel(step=0, drop=True)
-        record.attrs = {**self.settings, **provenance(op), "schedule": self.schedule.describe()}
+        record.attrs = {**self.extra_attrs, **self.settings, **provenance(op),
+                        "schedule": self.schedule.describe()}
         if self.name is not None:
             record.attrs["run"] = self.name
         self._append(record)

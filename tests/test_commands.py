@@ -58,6 +58,7 @@ def test_resnet18_on_imagenet_folder(imagenet_dir: Path, tmp_path: Path,
     run = open_run(out)
     assert run["step"].values.tolist() == [0]
     assert run.attrs["n_examples"] == 4 and run.attrs["model"] == "ResNet"
+    assert run.attrs["precision"] == "fp32" and run.attrs["data"].startswith("imagenet:")
     assert np.isfinite(run["nodes"].values).all()
 
 
