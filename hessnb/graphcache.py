@@ -57,6 +57,7 @@ class GraphCache:
         self.budget = int(budget)
         self.entries: list[BatchGraph] = []
         self.saved_bytes = 0
+        self._seen: set[int] = set()
         self.gave_up = False
         self._key: tuple | None = None
 
@@ -66,7 +67,7 @@ class GraphCache:
 
     def start(self, tensors: list[torch.Tensor]) -> bool:
         """Begin filling for a new state; return whether this pass should keep graphs."""
-        self.entries, self.saved_bytes = [], 0
+        self.entries, self.saved_bytes, self._seen = [], 0, set()
         self._key = _state_key(tensors)
         return not self.gave_up
 
@@ -91,7 +92,10 @@ class GraphCache:
         """Count the bytes autograd saves for backward while building graphs."""
 
         def pack(tensor: torch.Tensor) -> torch.Tensor:
-            self.saved_bytes += tensor.numel() * tensor.element_size()
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in self._seen:  # count shared storage once
+                self._seen.add(storage.data_ptr())
+                self.saved_bytes += storage.nbytes()
             return tensor
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
