@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     track = sub.add_parser("track", help="train a reference model and track its spectrum")
-    track.add_argument("--model", default="cnn", help="mlp, cnn or resnet32 (default cnn)")
+    track.add_argument("--model", default="cnn",
+                       help="mlp, cnn, resnet32, a torchvision name, or package.module:factory "
+                            "for your own model (default cnn)")
     track.add_argument("--bn", action="store_true", help="with batch normalisation")
     track.add_argument("--data", default="digits", help="digits or cifar10:DIR")
     track.add_argument("--steps", type=int, default=300, help="SGD steps")

@@ -75,7 +75,8 @@ _HEADROOM = 1.25  # "auto" wants this much more free memory than it needs
 def add_spectrum_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``hessnb spectrum`` (the SLQ options are added by the CLI)."""
     parser.add_argument("--model", required=True,
-                        help="mlp, cnn, resnet32 or a torchvision name such as resnet18")
+                        help="mlp, cnn, resnet32, a torchvision name such as resnet18, or "
+                             "package.module:factory for your own model")
     parser.add_argument("--bn", action="store_true", help="reference models: with batch norm")
     parser.add_argument("--weights", default=None, help="one checkpoint (.pt state dict)")
     parser.add_argument("--checkpoints", default=None,

@@ -136,15 +136,31 @@ MODELS = {"mlp": mlp, "cnn": small_cnn, "resnet32": resnet32}
 
 
 def build(name: str, **kwargs: object) -> nn.Module:
-    """Build a reference model by name (``mlp``, ``cnn``, ``resnet32``) or a torchvision
-    ImageNet architecture (``resnet18``, ``resnet50``, ...)."""
+    """Build a model by name.
+
+    ``name`` is a reference model (``mlp``, ``cnn``, ``resnet32``), a torchvision
+    architecture (``resnet18``, ``resnet50``, ...), or ``"package.module:factory"`` for a
+    user's own model (``factory(**kwargs)`` must return an ``nn.Module``).
+    """
     if name in MODELS:
         return MODELS[name](**kwargs)
+    if ":" in name:
+        import importlib
+
+        module_name, _, attribute = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot load model factory {name!r}: {exc}") from exc
+        model = factory(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{name} returned a {type(model).__name__}, not an nn.Module")
+        return model
     import torchvision
 
     if name in torchvision.models.list_models(module=torchvision.models):
         return torchvision.models.get_model(name, weights=None, **kwargs)
     raise ValueError(
-        f"unknown model {name!r}; choose one of {sorted(MODELS)} or a torchvision model name "
-        "such as resnet18"
+        f"unknown model {name!r}; choose one of {sorted(MODELS)}, a torchvision model name "
+        "such as resnet18, or 'package.module:factory' for your own model"
     )

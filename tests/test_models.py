@@ -36,5 +36,11 @@ def test_small_models_shapes():
 def test_build_by_name():
     assert isinstance(models.build("resnet32", bn=False, width=4), models.CifarResNet)
     assert count(models.build("resnet18")) == 11_689_512
+    own = models.build("torch.nn:Linear", in_features=2, out_features=3)
+    assert isinstance(own, nn.Linear) and own.out_features == 3
     with pytest.raises(ValueError, match="unknown model"):
         models.build("resnet33")
+    with pytest.raises(ValueError, match="cannot load model factory"):
+        models.build("torch.nn:NoSuchNet")
+    with pytest.raises(TypeError, match=r"not an nn\.Module"):
+        models.build("builtins:dict", width=4)
