@@ -19,14 +19,17 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"hessnb demo: small CNN on {settings.examples} scikit-learn digits, "
           f"{settings.steps} SGD steps, with and without batch norm (Hessian in BN train "
           f"mode); {settings.lanczos_steps} Lanczos steps per spectrum")
-    paths = run_demo(args.out, settings, progress=not args.no_progress)
+    paths = run_demo(args.out, settings, progress=not args.no_progress,
+                     report=not args.no_report)
     combined = combine_runs({k: paths[k] for k in ("no-bn", "bn")})
     print("\nwrote")
     for key, path in paths.items():
         print(f"  {key:>7}: {path}")
     print("\nat the last recorded step:")
     print(summarise(combined))
-    print(f"\nopen {paths['report']} in a browser, or in Jupyter:\n"
+    if "report" in paths:
+        print(f"\nopen {paths['report']} in a browser.")
+    print("In Jupyter:\n"
           f"  import hessnb; ds = hessnb.open_run('{paths['no-bn']}'); hessnb.explore(ds)")
     return 0
 
@@ -74,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="SGD steps (default 200; 40 quick)")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--no-report", action="store_true", help="write only the run files")
+    demo.add_argument("--threads", type=int, default=1,
+                      help="CPU threads (default 1: fastest for these tiny models)")
     demo.set_defaults(func=_demo)
 
     track = sub.add_parser("track", help="train a reference model and track its spectrum")
@@ -117,11 +123,20 @@ def _add_slq_options(parser: argparse.ArgumentParser, *flags: str) -> None:
     parser.add_argument("--bn-mode", choices=("eval", "train"), default="eval")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hessnb`` command."""
     args = _parser().parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        if args.threads < 1:
+            print(f"hessnb {args.command}: error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, MemoryError) as exc:

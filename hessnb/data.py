@@ -135,7 +135,7 @@ def cifar10(
     try:
         data = cls(str(root), train=train, download=download and verify,
                    transform=_eval_transform(None, None, CIFAR10_MEAN, CIFAR10_STD))
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:  # missing files, or a failed download
         raise FileNotFoundError(
             f"CIFAR-10 is not in {root} and could not be downloaded ({exc}); download it "
             "where a network is available, or use hessnb.data.digits()"

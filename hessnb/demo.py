@@ -44,13 +44,14 @@ class DemoSettings:
 
 
 def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), progress: bool = True,
-             ) -> dict[str, Path]:
+             report: bool = True) -> dict[str, Path]:
     """Train and track the digits CNN with and without batch norm.
 
     Returns
     -------
     dict
-        Paths of the run files (``"bn"``, ``"no-bn"``) and the HTML report (``"report"``).
+        Paths of the run files (``"bn"``, ``"no-bn"``) and, with ``report``, the HTML
+        report (``"report"``).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,8 +73,9 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), progress:
               lr=settings.lr, lr_drops=(int(0.75 * settings.steps),), tracker=tracker,
               seed=settings.seed, progress=progress)
         paths[name] = path
-    combined = combine_runs({name: paths[name] for name in ("no-bn", "bn")})
-    paths["report"] = _write_report(combined, out / "report.html")
+    if report:
+        combined = combine_runs({name: paths[name] for name in ("no-bn", "bn")})
+        paths["report"] = _write_report(combined, out / "report.html")
     return paths
 
 
