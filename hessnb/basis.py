@@ -31,11 +31,23 @@ def available_bytes(where: str, device: torch.device | None = None) -> int:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     if where == "cpu" or (device is None or device.type == "cpu"):
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-            return 2**62
+        return _available_ram()
     return 2**62  # other accelerators: no portable query; trust the user
+
+
+def _available_ram() -> int:
+    """``MemAvailable`` (free plus reclaimable page cache) where Linux reports it."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 2**62
 
 
 def choose_placement(nbytes: int, device: torch.device) -> str:

@@ -120,7 +120,9 @@ def _add_slq_options(parser: argparse.ArgumentParser, *flags: str) -> None:
                         dest="lanczos_steps", help="Lanczos steps per probe (default 90)")
     parser.add_argument("--probes", type=int, default=1)
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--bn-mode", choices=("eval", "train"), default="eval")
+    parser.add_argument("--bn-mode", choices=("eval", "train"), default=None,
+                        help="batch statistics (train, the paper's setting for BN networks) "
+                             "or running statistics (eval); default train with --bn, else eval")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--threads", type=int, default=None,
@@ -130,6 +132,8 @@ def _add_slq_options(parser: argparse.ArgumentParser, *flags: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hessnb`` command."""
     args = _parser().parse_args(argv)
+    if getattr(args, "bn_mode", "unset") is None:
+        args.bn_mode = "train" if getattr(args, "bn", False) else "eval"
     if getattr(args, "threads", None) is not None:
         import torch
 

@@ -31,10 +31,25 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Temporary files left next to ``path`` by writers that were killed."""
+    """Temporary files left next to ``path`` by writers that died (not by live ones)."""
     path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
+    stale = []
+    for tmp in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):
+        pid = tmp.name[len(path.name) + 2 : -len(TMP_SUFFIX)]
+        if not pid.isdigit() or not _alive(int(pid)):
+            stale.append(tmp)
+    return sorted(stale)
 
 
 def _clean_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def make_schedule(every: int | str | Iterable[int] | Schedule) -> Schedule:
         return Schedule("every", every=int(every))
     if isinstance(every, str):
         name, _, count = every.partition(":")
-        if name != "log" or (count and not count.isdigit()) or count == "0":
+        if name != "log" or (count and not count.isdigit()) or (count and int(count) == 0):
             raise ValueError(f"every={every!r}: use 'log' or 'log:N' with N > 0 per decade")
         return Schedule("log", per_decade=int(count or 10))
     steps = [int(s) for s in every]

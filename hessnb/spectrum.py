@@ -7,6 +7,7 @@ smoothed picture: densities are derived on demand by the ``ds.hess`` accessor.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -190,16 +191,18 @@ def estimate(
         disable=not progress,
         leave=False,
     )
+    reuse = getattr(op, "reuse_graphs", contextlib.nullcontext)
     try:
-        result = lanczos_block(
-            op.matmat,
-            dim,
-            lanczos_steps,
-            start=start,
-            basis=basis,
-            device=getattr(op, "device", None),
-            callback=lambda _j: bar.update(1),
-        )
+        with reuse():  # the parameters are fixed during one Lanczos run
+            result = lanczos_block(
+                op.matmat,
+                dim,
+                lanczos_steps,
+                start=start,
+                basis=basis,
+                device=getattr(op, "device", None),
+                callback=lambda _j: bar.update(1),
+            )
     finally:
         bar.close()
     nodes = np.full((probes, lanczos_steps), np.nan)
@@ -208,9 +211,11 @@ def estimate(
         alpha, beta = result.tridiagonal(p)
         theta, tau, _ = tridiagonal_to_quadrature(alpha.numpy(), beta.numpy())
         nodes[p, : theta.size], weights[p, : tau.size] = theta, tau
-    values, residuals, vectors = _ritz(result, top_k, keep_vectors)
-    if result.basis is not None and not keep_vectors:
-        result.basis.close()
+    try:
+        values, residuals, vectors = _ritz(result, top_k, keep_vectors)
+    finally:
+        if result.basis is not None:  # Ritz vectors are a new tensor: the basis can go
+            result.basis.close()
     return SpectrumEstimate(
         nodes=nodes,
         weights=weights,

@@ -207,10 +207,12 @@ class Tracker:
             bn_mode=self.bn_mode, dtype=self.dtype, transfer=self.transfer,
             distributed=self._distributed,
         )
-        est = estimate(op, self.lanczos_steps, self.probes, self.seed, self.top_k,
-                       basis=self.basis, progress=self.progress, keep_vectors=True)
+        with op.reuse_graphs():  # the model is fixed for the whole record
+            est = estimate(op, self.lanczos_steps, self.probes, self.seed, self.top_k,
+                           basis=self.basis, progress=self.progress, keep_vectors=True)
+            statistics = self._statistics(op, est.top_vectors, update)
         record = to_dataset(est)
-        for key, value in {**self._statistics(op, est.top_vectors, update), **extra}.items():
+        for key, value in {**statistics, **extra}.items():
             dims = ("k",) if np.ndim(value) else ()
             record[key] = (dims, np.asarray(value, dtype=np.float64),
                            {"long_name": _LONG_NAMES.get(key, key)})
@@ -227,8 +229,8 @@ class Tracker:
     def _statistics(
         self, op: HessianOperator, vectors: torch.Tensor, update: Any
     ) -> dict[str, Any]:
-        evaluation = op.evaluate()
-        gradient = op.gradient()
+        evaluation = op.evaluate(gradient=True)  # one pass (free with cached graphs)
+        gradient = evaluation["gradient"]
         fraction, overlaps, norm = projection_statistics(vectors, gradient)
         stats: dict[str, Any] = {
             "loss": evaluation["loss"],

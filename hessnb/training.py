@@ -33,7 +33,10 @@ def save_checkpoint(path: str | os.PathLike, **state: Any) -> None:
     """Save tensors/state dicts atomically (temporary file then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 

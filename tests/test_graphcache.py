@@ -15,25 +15,37 @@ def test_cached_products_equal_fresh_ones(tiny_network, tiny_batches):
     _, cached = make_operator(tiny_network, tiny_batches, True)
     vectors = torch.randn(fresh.n_params, 3, dtype=torch.float64)
     expected = fresh.matmat(vectors)
-    for _ in range(3):  # first pass fills the cache, later passes reuse it
-        torch.testing.assert_close(cached.matmat(vectors), expected, rtol=1e-12, atol=1e-14)
-    assert cached._cache.valid(cached._state) and len(cached._cache.entries) == 3
-    torch.testing.assert_close(cached.gradient(), fresh.gradient(), rtol=1e-12, atol=1e-14)
-    assert cached.evaluate() == fresh.evaluate()
+    with cached.reuse_graphs():
+        for _ in range(3):  # first pass fills the cache, later passes reuse it
+            torch.testing.assert_close(cached.matmat(vectors), expected, rtol=1e-12,
+                                       atol=1e-14)
+        assert cached._cache.valid(cached._state) and len(cached._cache.entries) == 3
+        torch.testing.assert_close(cached.gradient(), fresh.gradient(), rtol=1e-12,
+                                   atol=1e-14)
+        assert cached.evaluate() == fresh.evaluate()
+    assert not cached._cache.entries  # released on leaving the block
+
+
+def test_no_reuse_outside_the_block(tiny_network, tiny_batches):
+    # .data changes bump no version counter, so graphs are only kept inside the block
+    _, op = make_operator(tiny_network, tiny_batches, True)
+    op.matvec(torch.randn(op.n_params, dtype=torch.float64))
+    assert not op._cache.entries
 
 
 def test_cache_is_dropped_when_parameters_change(tiny_network, tiny_batches):
     model, op = make_operator(tiny_network, tiny_batches, True)
     v = torch.randn(op.n_params, dtype=torch.float64)
-    before = op.matvec(v)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(1.5)
-    assert not op._cache.valid(op._state)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.div_(1.5)
-    after = op.matvec(v)  # recomputed from the data, equal to the original up to rounding
+    with op.reuse_graphs():
+        before = op.matvec(v)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.5)
+        assert not op._cache.valid(op._state)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.div_(1.5)
+        after = op.matvec(v)  # recomputed from the data, equal up to rounding
     torch.testing.assert_close(after, before, rtol=1e-10, atol=1e-12)
 
 
@@ -41,8 +53,9 @@ def test_cache_gives_up_over_budget(tiny_network, tiny_batches):
     _, op = make_operator(tiny_network, tiny_batches, 1)  # one byte: nothing fits
     v = torch.randn(op.n_params, dtype=torch.float64)
     _, fresh = make_operator(tiny_network, tiny_batches, False)
-    torch.testing.assert_close(op.matvec(v), fresh.matvec(v), rtol=1e-12, atol=1e-14)
-    assert op._cache.gave_up and not op._cache.entries
+    with op.reuse_graphs():
+        torch.testing.assert_close(op.matvec(v), fresh.matvec(v), rtol=1e-12, atol=1e-14)
+        assert op._cache.gave_up and not op._cache.entries
 
 
 def test_auto_cache_only_for_in_memory_batches(tiny_network, tiny_batches):

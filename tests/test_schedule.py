@@ -37,6 +37,7 @@ def test_explicit_list():
         ([-1, 2], ValueError, ">= 0"),
         ("sqrt", ValueError, "log"),
         ("log:0", ValueError, "log"),
+        ("log:00", ValueError, "log"),
         (True, TypeError, "bool"),
     ],
 )
