@@ -472,29 +472,38 @@ class HessianOperator:
         tangents = [self.unflatten(vectors[:, i]) for i in range(k)] if k else []
         loss_sum, correct, examples, classification = 0.0, 0.0, 0, True
         cached = self._caching and self._cache.valid(self._state)
-        with self._modes():
-            entries = self._cache.entries if cached else self._graphs(
-                build=need_gradient or k > 0, create_graph=k > 0)
-            for entry in entries:
-                examples += entry.size
-                loss_sum += entry.size * entry.loss
-                classification = classification and entry.correct is not None
-                correct += entry.correct or 0.0
-                if grad_sum is not None:
-                    grad_sum += entry.size * self.flatten([g.detach() for g in entry.grads])
-                for i, tangent in enumerate(tangents):
-                    if not entry.live:  # gradient constant in the parameters: H = 0
-                        continue
-                    hv = torch.autograd.grad(
-                        [entry.grads[j] for j in entry.live],
-                        self._params,
-                        grad_outputs=[tangent[j] for j in entry.live],
-                        retain_graph=i < k - 1 or entry.kept,
-                        allow_unused=True,
-                        materialize_grads=True,
-                    )
-                    prod_sum[:, i] += entry.size * self.flatten(hv)
-        totals = self._all_reduce(examples, loss_sum, correct, grad_sum, prod_sum)
+        failure: BaseException | None = None
+        try:
+            with self._modes():
+                entries = self._cache.entries if cached else self._graphs(
+                    build=need_gradient or k > 0, create_graph=k > 0)
+                for entry in entries:
+                    examples += entry.size
+                    loss_sum += entry.size * entry.loss
+                    classification = classification and entry.correct is not None
+                    correct += entry.correct or 0.0
+                    if grad_sum is not None:
+                        grad_sum += entry.size * self.flatten([g.detach() for g in entry.grads])
+                    for i, tangent in enumerate(tangents):
+                        if not entry.live:  # gradient constant in the parameters: H = 0
+                            continue
+                        hv = torch.autograd.grad(
+                            [entry.grads[j] for j in entry.live],
+                            self._params,
+                            grad_outputs=[tangent[j] for j in entry.live],
+                            retain_graph=i < k - 1 or entry.kept,
+                            allow_unused=True,
+                            materialize_grads=True,
+                        )
+                        prod_sum[:, i] += entry.size * self.flatten(hv)
+        except Exception as exc:  # distributed: tell the other ranks instead of hanging
+            if self._reduce is None:
+                raise
+            failure = exc
+        totals = self._all_reduce(examples, loss_sum, correct, grad_sum, prod_sum,
+                                  failed=failure is not None)
+        if failure is not None:
+            raise failure
         examples, loss_sum, correct, grad_sum, prod_sum = totals
         return _PassResult(
             examples=examples,
@@ -504,16 +513,25 @@ class HessianOperator:
             products=None if prod_sum is None else prod_sum / examples,
         )
 
-    def _all_reduce(self, examples, loss_sum, correct, grad_sum, prod_sum):
-        """Sum the pass's totals across processes (identity unless distributed)."""
+    def _all_reduce(self, examples, loss_sum, correct, grad_sum, prod_sum, failed=False):
+        """Sum the pass's totals across processes (identity unless distributed).
+
+        Every rank joins the reduction even after a local error (``failed``), so that all
+        ranks raise instead of waiting for one that will never arrive.
+        """
         if self._reduce is None:
             return examples, loss_sum, correct, grad_sum, prod_sum
-        scalars = torch.tensor([examples, loss_sum, correct], dtype=torch.float64)
+        scalars = torch.tensor([examples, loss_sum, correct, float(failed)],
+                               dtype=torch.float64)
         parts = [scalars.to(self.device)]
         parts += [t.reshape(-1) for t in (grad_sum, prod_sum) if t is not None]
         flat = self._reduce(torch.cat(parts))
-        examples, loss_sum, correct = flat[:3].tolist()
-        offset, out = 3, []
+        examples, loss_sum, correct, failures = flat[:4].tolist()
+        if failures and not failed:
+            raise RuntimeError(
+                f"{int(failures)} other process(es) failed during this pass over the data; "
+                "see their error messages (this rank stopped too instead of waiting)")
+        offset, out = 4, []
         for t in (grad_sum, prod_sum):
             if t is None:
                 out.append(None)

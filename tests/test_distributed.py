@@ -196,3 +196,27 @@ def test_environment_without_torchrun_is_single(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not distributed.init_from_env()
     assert distributed.local_world_size() == 1
+
+
+def test_a_failing_rank_stops_every_rank_instead_of_hanging() -> None:
+    """Ranks join the all-reduce even after a local error, with a failure flag."""
+    model, dataset = _problem()
+    batches = fixed_batches(dataset, BATCH)
+    op = HessianOperator(model, F.cross_entropy, batches)
+    calls = []
+
+    def other_rank_failed(flat: torch.Tensor) -> torch.Tensor:
+        calls.append(flat.clone())
+        flat = flat.clone()
+        flat[3] += 1.0  # the failure flag of one other rank
+        return flat
+
+    op._reduce = other_rank_failed
+    with pytest.raises(RuntimeError, match="other process"):
+        op.matvec(torch.randn(op.n_params, dtype=torch.float64))
+    calls.clear()
+    op._reduce = lambda flat: calls.append(flat.clone()) or flat
+    op.loss_fn = lambda out, y: F.cross_entropy(out, y) * float("nan")  # fails locally
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        op.evaluate()
+    assert len(calls) == 1 and calls[0][3] == 1.0  # it still told the others, then raised
