@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from hessnb.basis import KrylovBasis
@@ -57,17 +58,24 @@ class LanczosResult:
         return torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1)
 
 
-def _check_steps(dim: int, steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"lanczos steps must be an int, got {type(steps).__name__}")
-    if steps < 1:
-        raise ValueError(f"lanczos steps must be >= 1, got {steps}; use e.g. steps=90")
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` as an int >= 1, or a TypeError/ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_steps(dim: int, steps: int, name: str = "steps") -> int:
+    """Lanczos steps: an int in ``1..dim`` (a Krylov space has at most ``dim`` dimensions)."""
+    steps = check_positive_int(name, steps)
     if dim < 1:
         raise ValueError(f"operator dimension must be >= 1, got {dim}")
     if steps > dim:
         raise ValueError(
-            f"lanczos steps ({steps}) cannot exceed the operator dimension ({dim}): a Krylov "
-            f"space has at most {dim} dimensions; pass steps <= {dim}"
+            f"{name} ({steps}) cannot exceed the operator dimension ({dim}, the number of "
+            f"parameters): a Krylov space has at most {dim} dimensions; pass {name} <= {dim}"
         )
     return steps
 
@@ -147,7 +155,7 @@ def lanczos_block(
     -------
     LanczosResult
     """
-    steps = _check_steps(dim, steps)
+    steps = check_steps(dim, steps)
     device = torch.device(device) if device is not None else torch.device("cpu")
     q = _starting_block(dim, probes, start, generator, device)
     n_probes = q.shape[0]

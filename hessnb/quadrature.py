@@ -7,6 +7,7 @@ where a probe stopped early; every function here ignores such entries.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
@@ -104,8 +105,26 @@ def default_grid(nodes: np.ndarray, sigma: float, points: int = GRID_POINTS) -> 
     return np.linspace(finite.min() - pad, finite.max() + pad, int(points))
 
 
+def _log_terms(
+    nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float, chunk: int
+) -> Iterator[np.ndarray]:
+    """``log tau_j + log g_sigma(t - theta_j)`` for ``chunk`` nodes at a time.
+
+    Yields arrays of shape ``(..., c, g)``; NaN nodes carry weight 0 (log -inf).
+    """
+    sigma = _check_sigma(sigma)
+    nodes, weights = _finite(nodes, weights)
+    grid = np.asarray(grid, dtype=np.float64)
+    log_norm = math.log(sigma * math.sqrt(2 * math.pi))
+    with np.errstate(divide="ignore"):
+        log_w = np.log(weights)
+    for lo in range(0, nodes.shape[-1], chunk):
+        diff = grid - nodes[..., lo : lo + chunk, None]
+        yield log_w[..., lo : lo + chunk, None] - 0.5 * (diff / sigma) ** 2 - log_norm
+
+
 def log_gaussian_density(
-    nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float
+    nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float, chunk: int = 64
 ) -> np.ndarray:
     """Natural log of the smoothed density, stable far from every node.
 
@@ -117,19 +136,18 @@ def log_gaussian_density(
     nodes, weights : array, shape (..., m)
     grid : array, shape (g,)
     sigma : float
+    chunk : int
+        Nodes processed at once (bounds memory to ``chunk x g`` per leading index).
 
     Returns
     -------
     array, shape (..., g)
     """
-    sigma = _check_sigma(sigma)
-    nodes, weights = _finite(nodes, weights)
-    grid = np.asarray(grid, dtype=np.float64)
-    diff = grid[..., None, :] - nodes[..., :, None]  # (..., m, g)
-    log_kernel = -0.5 * (diff / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
-    with np.errstate(divide="ignore"):
-        log_w = np.log(weights)[..., :, None]
-    return logsumexp(log_kernel + log_w, axis=-2)
+    out = None
+    for terms in _log_terms(nodes, weights, grid, sigma, chunk):
+        part = logsumexp(terms, axis=-2)
+        out = part if out is None else np.logaddexp(out, part)
+    return out
 
 
 def gaussian_density(
@@ -151,16 +169,8 @@ def gaussian_density(
     -------
     array, shape (..., g)
     """
-    sigma = _check_sigma(sigma)
-    nodes, weights = _finite(nodes, weights)
-    grid = np.asarray(grid, dtype=np.float64)
-    out = np.zeros((*nodes.shape[:-1], grid.size))
-    norm = 1.0 / (sigma * math.sqrt(2 * math.pi))
-    for lo in range(0, nodes.shape[-1], chunk):
-        n = nodes[..., lo : lo + chunk, None]
-        w = weights[..., lo : lo + chunk, None]
-        out += (w * np.exp(-0.5 * ((grid - n) / sigma) ** 2)).sum(axis=-2)
-    return out * norm
+    return sum(np.exp(terms).sum(axis=-2) for terms in _log_terms(nodes, weights, grid, sigma,
+                                                                   chunk))
 
 
 def moments(nodes: np.ndarray, weights: np.ndarray, orders: int | list[int]) -> np.ndarray:

@@ -17,7 +17,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from hessnb.lanczos import LanczosResult, lanczos_block
+from hessnb.lanczos import LanczosResult, check_positive_int, check_steps, lanczos_block
 from hessnb.quadrature import tridiagonal_to_quadrature, wasserstein_bound
 
 __all__ = ["MatrixOperator", "SpectrumEstimate", "estimate", "probe_vectors", "spectrum"]
@@ -108,16 +108,9 @@ def probe_vectors(dim: int, probes: int, seed: int) -> torch.Tensor:
 
 
 def _check_settings(lanczos_steps: int, probes: int, top_k: int, dim: int) -> None:
-    for name, value in (("lanczos_steps", lanczos_steps), ("probes", probes), ("top_k", top_k)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if lanczos_steps > dim:
-        raise ValueError(
-            f"lanczos_steps={lanczos_steps} exceeds the number of parameters ({dim}); pass "
-            f"lanczos_steps <= {dim}"
-        )
+    check_positive_int("probes", probes)
+    check_positive_int("top_k", top_k)
+    check_steps(dim, lanczos_steps, name="lanczos_steps")
     if top_k > lanczos_steps:
         raise ValueError(
             f"top_k={top_k} exceeds lanczos_steps={lanczos_steps}: Lanczos gives at most one "

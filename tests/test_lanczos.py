@@ -155,7 +155,7 @@ def _identity(v: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"steps": 11}, r"cannot exceed the operator dimension \(10\).*steps <= 10"),
+        ({"steps": 11}, r"cannot exceed the operator dimension \(10,.*steps <= 10"),
         ({"steps": 0}, r"must be >= 1"),
         ({"steps": -3}, r"must be >= 1"),
         ({"start": torch.zeros(10)}, r"start vector is zero"),
