@@ -87,15 +87,19 @@ def _write_report(combined: xr.Dataset, path: Path) -> Path:
 
 
 def summarise(combined: xr.Dataset) -> str:
-    """One line per run: top eigenvalue and grad_fraction at the last recorded step."""
+    """Per run: top eigenvalue and grad_fraction at the last step, and the largest top
+    eigenvalue over training (outliers can rise and fall again)."""
     lines = []
     for name in combined["run"].values:
         run = combined.sel(run=name).dropna("step", subset=["grad_fraction"])
         last = run.isel(step=-1)
+        top = run["top_eigenvalues"].isel(k=0)
+        peak = int(top.argmax("step"))
         lines.append(
             f"  {name:>6}: step {int(last.step)}: top eigenvalue "
             f"{float(last.top_eigenvalues[0]):.4g}, grad_fraction "
             f"{float(last.grad_fraction):.3f}, loss {float(last.loss):.3f}, "
-            f"accuracy {float(last.accuracy):.3f}"
+            f"accuracy {float(last.accuracy):.3f}; largest top eigenvalue "
+            f"{float(top[peak]):.4g} at step {int(run.step[peak])}"
         )
     return "\n".join(lines)
