@@ -32,8 +32,12 @@ def main() -> None:
         op = HessianOperator(model, F.cross_entropy, batches)
         spectrum(op, lanczos_steps=STEPS, probes=1, seed=seed, top_k=1, progress=False)
 
-    runs = [("hessnb", hessnb_run), (eigenthings.name, eigenthings.run),
-            (curvlinops.name, curvlinops.run), ("hessnb", hessnb_run)]
+    runs = [
+        ("hessnb", hessnb_run),
+        (eigenthings.name, eigenthings.run),
+        (curvlinops.name, curvlinops.run),
+        ("hessnb", hessnb_run),
+    ]
     for name, run in runs:
         start = time.perf_counter()
         run(0)

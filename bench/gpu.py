@@ -68,8 +68,16 @@ class Config:
 
     @classmethod
     def tiny(cls) -> Config:
-        return cls(models=("tiny",), image_size=16, batch_size=8, batches=2, train_steps=3,
-                   hvp_repeats=1, lanczos_steps=8, device="cpu")
+        return cls(
+            models=("tiny",),
+            image_size=16,
+            batch_size=8,
+            batches=2,
+            train_steps=3,
+            hvp_repeats=1,
+            lanczos_steps=8,
+            device="cpu",
+        )
 
 
 @dataclass
@@ -116,8 +124,7 @@ def _peak(device: torch.device) -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _timed(fn: Callable[[], object], repeats: int, device: torch.device,
-           warmup: int = 2) -> float:
+def _timed(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 2) -> float:
     """Seconds of ``repeats`` calls after ``warmup`` calls (cuDNN autotuning, allocator)."""
     for _ in range(warmup):
         fn()
@@ -129,8 +136,9 @@ def _timed(fn: Callable[[], object], repeats: int, device: torch.device,
     return time.perf_counter() - start
 
 
-def train_throughput(model: nn.Module, batches: list, precision: str, steps: int,
-                     device: torch.device) -> tuple[float, float]:
+def train_throughput(
+    model: nn.Module, batches: list, precision: str, steps: int, device: torch.device
+) -> tuple[float, float]:
     """Images/s and peak memory of SGD steps (train mode) on the first batch."""
     model.train()
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -148,13 +156,15 @@ def train_throughput(model: nn.Module, batches: list, precision: str, steps: int
     return steps * len(y) / seconds, _peak(device)
 
 
-def hvp_throughput(model: nn.Module, batches: list, repeats: int,
-                   device: torch.device) -> tuple[float, float]:
+def hvp_throughput(
+    model: nn.Module, batches: list, repeats: int, device: torch.device
+) -> tuple[float, float]:
     """Images/s and peak memory of full-data HVPs over ``batches`` (eval-mode BN)."""
     # no graph cache: over ImageNet the activations of every batch cannot be kept, so
     # each HVP is a forward, a first and a second backward pass per batch
-    op = HessianOperator(model, F.cross_entropy, batches, check_determinism=False,
-                         graph_cache=False)
+    op = HessianOperator(
+        model, F.cross_entropy, batches, check_determinism=False, graph_cache=False
+    )
     v = torch.randn(op.n_params, dtype=torch.float64, device=device)
     _reset_peak(device)
     seconds = _timed(lambda: op.matvec(v), repeats, device)
@@ -162,8 +172,9 @@ def hvp_throughput(model: nn.Module, batches: list, repeats: int,
     return repeats * images / seconds, _peak(device)
 
 
-def lanczos_seconds(dim: int, steps: int, placement: str, device: torch.device,
-                    projected_steps: int = 90) -> float:
+def lanczos_seconds(
+    dim: int, steps: int, placement: str, device: torch.device, projected_steps: int = 90
+) -> float:
     """Mean seconds per Lanczos step of a ``projected_steps`` run, excluding the HVP.
 
     Runs ``steps`` steps with a diagonal operator (negligible cost) and fits the linear
@@ -178,9 +189,16 @@ def lanczos_seconds(dim: int, steps: int, placement: str, device: torch.device,
 
     _sync(device)
     stamps.append(time.perf_counter())
-    result = lanczos_block(lambda q: diagonal * q, dim, steps, basis=placement, device=device,
-                           generator=torch.Generator().manual_seed(0), keep_basis=False,
-                           callback=tick)
+    result = lanczos_block(
+        lambda q: diagonal * q,
+        dim,
+        steps,
+        basis=placement,
+        device=device,
+        generator=torch.Generator().manual_seed(0),
+        keep_basis=False,
+        callback=tick,
+    )
     del result
     per_step = np.diff(stamps)[1:]  # drop step 0 (allocation, first-call costs)
     index = np.arange(1, len(stamps) - 1)
@@ -194,29 +212,45 @@ def lanczos_seconds(dim: int, steps: int, placement: str, device: torch.device,
 def measure(config: Config) -> list[Row]:
     """All rows of the table for ``config``."""
     device = torch.device(config.device)
-    data = random_batches(config.batches, config.batch_size, config.image_size, CLASSES,
-                          device)
+    data = random_batches(config.batches, config.batch_size, config.image_size, CLASSES, device)
     rows = []
     for name in config.models:
         base = build_model(name)
         n_params = sum(p.numel() for p in base.parameters())
         lanczos_seconds(n_params, 3, "device", device)  # warm-up: kernels, allocator
-        lanczos = {p: lanczos_seconds(n_params, config.lanczos_steps, p, device)
-                   for p in ("device", "cpu")}
+        lanczos = {
+            p: lanczos_seconds(n_params, config.lanczos_steps, p, device) for p in ("device", "cpu")
+        }
         for precision in config.precisions:
             configure_backends(device, precision)
-            trained, model = (prepare_model(copy.deepcopy(base), device, precision)
-                              for _ in range(2))
-            batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in data] \
-                if device.type == "cuda" else data
+            trained, model = (
+                prepare_model(copy.deepcopy(base), device, precision) for _ in range(2)
+            )
+            batches = (
+                [(x.contiguous(memory_format=torch.channels_last), y) for x, y in data]
+                if device.type == "cuda"
+                else data
+            )
             try:
-                train_ips, train_peak = train_throughput(trained, batches, precision,
-                                                         config.train_steps, device)
+                train_ips, train_peak = train_throughput(
+                    trained, batches, precision, config.train_steps, device
+                )
                 hvp_ips, hvp_peak = hvp_throughput(model, batches, config.hvp_repeats, device)
             except torch.cuda.OutOfMemoryError:
                 train_ips = train_peak = hvp_ips = hvp_peak = math.nan
-            rows.append(Row(name, n_params, precision, train_ips, hvp_ips, train_peak,
-                            hvp_peak, lanczos["device"], lanczos["cpu"]))
+            rows.append(
+                Row(
+                    name,
+                    n_params,
+                    precision,
+                    train_ips,
+                    hvp_ips,
+                    train_peak,
+                    hvp_peak,
+                    lanczos["device"],
+                    lanczos["cpu"],
+                )
+            )
             del trained, model
     return rows
 
@@ -242,12 +276,14 @@ def format_table(rows: Sequence[Row], device: torch.device) -> str:
         lines.append(
             f"| {r.model} | {r.n_params / 1e6:.2f} M | {r.precision} | {_ips(r.train_ips)} | "
             f"{_ips(r.hvp_ips)} | {100 * r.ratio:.0f} % {verdict} | {_gib(r.train_peak)} | "
-            f"{_gib(r.hvp_peak)} | {r.lanczos_device:.4f} | {r.lanczos_cpu:.4f} |")
+            f"{_gib(r.hvp_peak)} | {r.lanczos_device:.4f} | {r.lanczos_cpu:.4f} |"
+        )
     return "\n".join(lines)
 
 
-def projected_hours(hvp_ips: float, images: int, gpus: int, lanczos_s: float,
-                    steps: int = 90) -> float:
+def projected_hours(
+    hvp_ips: float, images: int, gpus: int, lanczos_s: float, steps: int = 90
+) -> float:
     """Hours of one spectrum: ``(steps + 5)`` data passes shared by ``gpus``, plus Lanczos.
 
     ``hours = (steps + 5) * images / (hvp_ips * gpus) / 3600 + steps * lanczos_s / 3600``
@@ -257,16 +293,20 @@ def projected_hours(hvp_ips: float, images: int, gpus: int, lanczos_s: float,
     return ((steps + EXTRA_PASSES) * images / (hvp_ips * gpus) + steps * lanczos_s) / 3600
 
 
-def format_projection(rows: Sequence[Row], unit: str = "GPU",
-                      subsets: Sequence[int] = (100, 10)) -> str:
+def format_projection(
+    rows: Sequence[Row], unit: str = "GPU", subsets: Sequence[int] = (100, 10)
+) -> str:
     """Projected hours of a 90-step spectrum on ImageNet from each row's HVP throughput.
 
     ``unit`` names what the throughput was measured on (one GPU, or one CPU process).
     """
     sizes = [("full train set", IMAGENET_TRAIN)] + [
-        (f"{k} per class", k * CLASSES) for k in subsets]
-    lines = [f"| model | precision | images | hours, 1 x {unit} | hours, 8 x {unit} |",
-             "|---|---|---:|---:|---:|"]
+        (f"{k} per class", k * CLASSES) for k in subsets
+    ]
+    lines = [
+        f"| model | precision | images | hours, 1 x {unit} | hours, 8 x {unit} |",
+        "|---|---|---:|---:|---:|",
+    ]
     for r in rows:
         if math.isnan(r.hvp_ips):
             continue
@@ -275,12 +315,12 @@ def format_projection(rows: Sequence[Row], unit: str = "GPU",
             lines.append(
                 f"| {r.model} | {r.precision} | {n:,} ({label}) | "
                 f"{projected_hours(r.hvp_ips, n, 1, lanczos):.2f} | "
-                f"{projected_hours(r.hvp_ips, n, 8, lanczos):.2f} |")
+                f"{projected_hours(r.hvp_ips, n, 8, lanczos):.2f} |"
+            )
     return "\n".join(lines)
 
 
-def _quadrature_w1(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
-                   ) -> float:
+def _quadrature_w1(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
     """Wasserstein-1 distance between two quadrature measures (probes averaged)."""
     import scipy.stats
 
@@ -293,8 +333,9 @@ def _quadrature_w1(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.nda
     return float(scipy.stats.wasserstein_distance(na, nb, u_weights=wa, v_weights=wb))
 
 
-def density_effect(device: torch.device, precisions: Sequence[str], steps: int = 60,
-                   train_steps: int = 300) -> str:
+def density_effect(
+    device: torch.device, precisions: Sequence[str], steps: int = 60, train_steps: int = 300
+) -> str:
     """Effect of reduced-precision HVPs on the SLQ density, against float64 HVPs.
 
     A small CNN with batch norm (hessnb.models.small_cnn, 34k parameters) trained for
@@ -314,52 +355,75 @@ def density_effect(device: torch.device, precisions: Sequence[str], steps: int =
         optimiser.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimiser.step()
-    batches = [(xb.to(device), yb.to(device)) for xb, yb in zip(x.split(512), y.split(512),
-                                                                 strict=True)]
+    batches = [
+        (xb.to(device), yb.to(device)) for xb, yb in zip(x.split(512), y.split(512), strict=True)
+    ]
     results = {}
     for precision in ("fp64", *precisions):
         configure_backends(device, "fp32" if precision == "fp64" else precision)
-        prepared = prepare_model(copy.deepcopy(model), device,
-                                 "fp32" if precision == "fp64" else precision, False)
-        op = HessianOperator(prepared, F.cross_entropy, batches,
-                             dtype=torch.float64 if precision == "fp64" else None)
+        prepared = prepare_model(
+            copy.deepcopy(model), device, "fp32" if precision == "fp64" else precision, False
+        )
+        op = HessianOperator(
+            prepared, F.cross_entropy, batches, dtype=torch.float64 if precision == "fp64" else None
+        )
         start = time.perf_counter()
         ds = spectrum(op, lanczos_steps=steps, probes=1, seed=0, top_k=1, progress=False)
         results[precision] = (ds, time.perf_counter() - start)
     exact, _ = results["fp64"]
     span = float(np.nanmax(exact.nodes) - np.nanmin(exact.nodes))
-    lines = ["| HVP precision | W1 / range vs fp64 | top eigenvalue rel. error | "
-             "trace rel. error | seconds |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| HVP precision | W1 / range vs fp64 | top eigenvalue rel. error | "
+        "trace rel. error | seconds |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for precision, (ds, seconds) in results.items():
-        w1 = _quadrature_w1((ds.nodes.values, ds.weights.values),
-                            (exact.nodes.values, exact.weights.values)) / span
+        w1 = (
+            _quadrature_w1(
+                (ds.nodes.values, ds.weights.values), (exact.nodes.values, exact.weights.values)
+            )
+            / span
+        )
         top = abs(float(ds.top_eigenvalues[0] / exact.top_eigenvalues[0]) - 1)
         trace = abs(float(ds.trace / exact.trace) - 1)
         lines.append(f"| {precision} | {w1:.1e} | {top:.1e} | {trace:.1e} | {seconds:.1f} |")
-    return (f"small CNN with BN on digits ({sum(p.numel() for p in model.parameters()):,} "
-            f"parameters), {steps} Lanczos steps, 1 probe, top eigenvalue "
-            f"{float(exact.top_eigenvalues[0]):.4g}, trace {float(exact.trace):.4g}:\n"
-            + "\n".join(lines))
+    return (
+        f"small CNN with BN on digits ({sum(p.numel() for p in model.parameters()):,} "
+        f"parameters), {steps} Lanczos steps, 1 probe, top eigenvalue "
+        f"{float(exact.top_eigenvalues[0]):.4g}, trace {float(exact.trace):.4g}:\n"
+        + "\n".join(lines)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure, print the table and the projection."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true",
-                        help="tiny CNN at 16 px on the CPU (default when CUDA is absent)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny CNN at 16 px on the CPU (default when CUDA is absent)",
+    )
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default on the CPU: 1)")
-    parser.add_argument("--density-effect", action="store_true",
-                        help="also measure the effect of reduced-precision HVPs on the "
-                             "density of a small CNN (against float64 HVPs)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default on the CPU: 1)"
+    )
+    parser.add_argument(
+        "--density-effect",
+        action="store_true",
+        help="also measure the effect of reduced-precision HVPs on the "
+        "density of a small CNN (against float64 HVPs)",
+    )
     args = parser.parse_args(argv)
     config = Config.tiny() if (args.tiny or not torch.cuda.is_available()) else Config()
-    for key, value in (("models", args.models), ("precisions", args.precision),
-                       ("batch_size", args.batch_size), ("image_size", args.image_size)):
+    for key, value in (
+        ("models", args.models),
+        ("precisions", args.precision),
+        ("batch_size", args.batch_size),
+        ("image_size", args.image_size),
+    ):
         if value is not None:
             setattr(config, key, value)
     device = torch.device(config.device)
@@ -369,11 +433,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(1)
     elif args.threads is not None:
         torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"hessnb GPU benchmark on {name}; torch {torch.__version__}; "
-          f"{config.image_size} px, batch {config.batch_size} x {config.batches} batches, "
-          "synthetic data")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads)"
+    )
+    print(
+        f"hessnb GPU benchmark on {name}; torch {torch.__version__}; "
+        f"{config.image_size} px, batch {config.batch_size} x {config.batches} batches, "
+        "synthetic data"
+    )
     start = time.perf_counter()
     rows = measure(config)
     print(format_table(rows, device))
@@ -381,8 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_projection(rows, "GPU" if device.type == "cuda" else "CPU process"))
     if args.density_effect:
         reduced = [p for p in PRECISIONS if device.type == "cuda" or p != "tf32"]
-        print("\neffect of the HVP precision on the density, "
-              + density_effect(device, reduced))
+        print("\neffect of the HVP precision on the density, " + density_effect(device, reduced))
     print(f"\nbenchmark took {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -118,9 +118,18 @@ class BenchConfig:
         One thread: on a loaded machine, tiny problems spend most of their time in
         OpenMP spin-waiting with more.
         """
-        return cls(widths=(4, 8, 16), small_widths=(2, 4, 4), n_examples=160, batch_size=64,
-                   steps=10, batched_steps=4, probes=8, repeats=2, accuracy_seeds=2,
-                   threads=1)
+        return cls(
+            widths=(4, 8, 16),
+            small_widths=(2, 4, 4),
+            n_examples=160,
+            batch_size=64,
+            steps=10,
+            batched_steps=4,
+            probes=8,
+            repeats=2,
+            accuracy_seeds=2,
+            threads=1,
+        )
 
 
 @dataclass
@@ -163,9 +172,14 @@ def digits_cnn(widths: Sequence[int], seed: int = 0) -> nn.Module:
     c1, c2, hidden = widths
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(c2 * 64, hidden), nn.ReLU(), nn.Linear(hidden, 10),
+        nn.Conv2d(1, c1, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(c2 * 64, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 10),
     )
 
 
@@ -331,8 +345,9 @@ def _curvlinops(model: nn.Module, batches: Batches, steps: int) -> _Library:
     from curvlinops.papyan2020traces.spectrum import fast_lanczos
 
     params = [p for p in model.parameters() if p.requires_grad]
-    op = HessianLinearOperator(model, nn.CrossEntropyLoss(), params, batches,
-                               check_deterministic=False)
+    op = HessianLinearOperator(
+        model, nn.CrossEntropyLoss(), params, batches, check_deterministic=False
+    )
 
     def run(seed: int) -> Quadrature:
         torch.manual_seed(seed)
@@ -363,9 +378,7 @@ def _libraries(model: nn.Module, batches: Batches, steps: int) -> tuple[list[_Li
 
 
 # ----------------------------------------------------------------------------- profile
-def profile_hvp(
-    model: nn.Module, batches: Batches, repeats: int = 3
-) -> dict[str, float]:
+def profile_hvp(model: nn.Module, batches: Batches, repeats: int = 3) -> dict[str, float]:
     """Seconds of the parts of one full-dataset HVP by double backward, per pass.
 
     Returns forward, first backward with ``create_graph=True``, second backward, and a plain
@@ -378,14 +391,17 @@ def profile_hvp(
     for _ in range(repeats):
         totals = dict.fromkeys(parts, 0.0)
         for x, y in batches:
-            loss, totals["forward"] = _add(totals["forward"],
-                                           lambda x=x, y=y: F.cross_entropy(model(x), y))
+            loss, totals["forward"] = _add(
+                totals["forward"], lambda x=x, y=y: F.cross_entropy(model(x), y)
+            )
             grads, totals["first backward (create_graph)"] = _add(
                 totals["first backward (create_graph)"],
-                lambda loss=loss: torch.autograd.grad(loss, params, create_graph=True))
+                lambda loss=loss: torch.autograd.grad(loss, params, create_graph=True),
+            )
             _, totals["second backward"] = _add(
                 totals["second backward"],
-                lambda grads=grads: torch.autograd.grad(grads, params, tangent))
+                lambda grads=grads: torch.autograd.grad(grads, params, tangent),
+            )
         best = {k: min(best[k], totals[k]) for k in parts}
 
     def gradient() -> None:
@@ -420,36 +436,57 @@ def _speed_rows(
     """
     v = torch.randn(op.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with op.reuse_graphs():  # as inside hessnb.spectrum: one run's graphs are reused
-        times = interleaved_times({"hvp": lambda: op.matvec(v), "grad": fresh.gradient,
-                                   "cold": lambda: fresh.matvec(v)}, config.repeats)
+        times = interleaved_times(
+            {"hvp": lambda: op.matvec(v), "grad": fresh.gradient, "cold": lambda: fresh.matvec(v)},
+            config.repeats,
+        )
         cache_state = _cache_state(op)
     hvp, grad, cold = (min(times[k]) for k in ("hvp", "grad", "cold"))
     how = f"min of {config.repeats} interleaved"
-    rows = [_check("HVP / gradient", hvp / grad, 2.2,
-                   f"op.matvec {hvp * 1e3:.0f} ms (graph cache: {cache_state}), "
-                   f"gradient {grad * 1e3:.0f} ms ({how})"),
-            Row("HVP without graph cache / gradient", cold / grad,
-                note=f"op.matvec {cold * 1e3:.0f} ms with graph_cache=False")]
+    rows = [
+        _check(
+            "HVP / gradient",
+            hvp / grad,
+            2.2,
+            f"op.matvec {hvp * 1e3:.0f} ms (graph cache: {cache_state}), "
+            f"gradient {grad * 1e3:.0f} ms ({how})",
+        ),
+        Row(
+            "HVP without graph cache / gradient",
+            cold / grad,
+            note=f"op.matvec {cold * 1e3:.0f} ms with graph_cache=False",
+        ),
+    ]
 
     def slq(steps: int, probes: int) -> tuple[float, list[float]]:
         with _count_matmat(op) as calls:
-            _, seconds = _timed(lambda: spectrum(op, lanczos_steps=steps, probes=probes,
-                                                 top_k=1, progress=False))
+            _, seconds = _timed(
+                lambda: spectrum(op, lanczos_steps=steps, probes=probes, top_k=1, progress=False)
+            )
         return seconds, calls
 
     single, calls = slq(config.steps, 1)
-    rows.append(_check(
-        f"SLQ {config.steps} steps / {config.steps} HVPs", single / sum(calls), 1.03,
-        f"wall {single:.1f} s over its own {len(calls)} op.matmat calls "
-        f"({sum(calls):.1f} s); {single / (config.steps * hvp):.3f} against "
-        f"{config.steps} x the min HVP"))
+    rows.append(
+        _check(
+            f"SLQ {config.steps} steps / {config.steps} HVPs",
+            single / sum(calls),
+            1.03,
+            f"wall {single:.1f} s over its own {len(calls)} op.matmat calls "
+            f"({sum(calls):.1f} s); {single / (config.steps * hvp):.3f} against "
+            f"{config.steps} x the min HVP",
+        )
+    )
     one, _ = slq(config.batched_steps, 1)
     many, _ = slq(config.batched_steps, config.probes)
-    rows.append(_check(
-        f"{config.probes} probes batched / {config.probes} x 1 probe",
-        many / (config.probes * one), 0.6,
-        f"{config.batched_steps} Lanczos steps: {config.probes} probes {many:.1f} s, "
-        f"1 probe {one:.1f} s"))
+    rows.append(
+        _check(
+            f"{config.probes} probes batched / {config.probes} x 1 probe",
+            many / (config.probes * one),
+            0.6,
+            f"{config.batched_steps} Lanczos steps: {config.probes} probes {many:.1f} s, "
+            f"1 probe {one:.1f} s",
+        )
+    )
     return rows, single
 
 
@@ -465,35 +502,57 @@ def _accuracy_rows(
     _fit(small, batches)
     op = HessianOperator(small, F.cross_entropy, batches)
     exact = np.linalg.eigvalsh(
-        HessianOperator(small, F.cross_entropy, batches, dtype=torch.float64).dense().numpy())
+        HessianOperator(small, F.cross_entropy, batches, dtype=torch.float64).dense().numpy()
+    )
     methods: dict[str, Callable[[int], Quadrature]] = {
-        "hessnb": lambda seed: _hessnb_quadrature(op, config.steps, seed)}
-    small_libs, missing = (_libraries(small, batches, config.steps) if config.libraries
-                           else ([], list(LIBRARIES)))
+        "hessnb": lambda seed: _hessnb_quadrature(op, config.steps, seed)
+    }
+    small_libs, missing = (
+        _libraries(small, batches, config.steps) if config.libraries else ([], list(LIBRARIES))
+    )
     methods.update({lib.name: lib.run for lib in small_libs})
-    errors = {name: np.array([spectral_errors(run(s), exact)
-                              for s in range(config.accuracy_seeds)])
-              for name, run in methods.items()}
+    errors = {
+        name: np.array([spectral_errors(run(s), exact) for s in range(config.accuracy_seeds)])
+        for name, run in methods.items()
+    }
     results = {name: _Result(math.nan, e) for name, e in errors.items()}
 
     bound = wasserstein_bound(config.steps, 1, op.n_params, 0.95)
-    where = (f"{op.n_params:,}-param net, {config.steps} steps, 1 probe, "
-             f"{config.accuracy_seeds} seeds")
-    rows = [_check("hessnb W1 / spectral range", results["hessnb"].w1, round(bound, 3),
-                   f"{results['hessnb'].describe(0)}; {where}; target: a-priori bound (95 %)"),
-            _check("hessnb lambda_max rel. error", results["hessnb"].top, 1e-3,
-                   f"{results['hessnb'].describe(1)}; {where}")]
-    timed_libs = (_libraries(*timed, config.steps)[0] if config.libraries else [])
+    where = (
+        f"{op.n_params:,}-param net, {config.steps} steps, 1 probe, {config.accuracy_seeds} seeds"
+    )
+    rows = [
+        _check(
+            "hessnb W1 / spectral range",
+            results["hessnb"].w1,
+            round(bound, 3),
+            f"{results['hessnb'].describe(0)}; {where}; target: a-priori bound (95 %)",
+        ),
+        _check(
+            "hessnb lambda_max rel. error",
+            results["hessnb"].top,
+            1e-3,
+            f"{results['hessnb'].describe(1)}; {where}",
+        ),
+    ]
+    timed_libs = _libraries(*timed, config.steps)[0] if config.libraries else []
     for lib in timed_libs:
         result = results[lib.name]
         result.seconds = _timed(lambda lib=lib: lib.run(0))[1]
-        rows.append(Row(f"{lib.name} W1 / spectral range", result.w1,
-                        note=f"{result.describe(0)}; {lib.note}"))
-        rows.append(Row(f"{lib.name} lambda_max rel. error", result.top,
-                        note=result.describe(1)))
+        rows.append(
+            Row(
+                f"{lib.name} W1 / spectral range",
+                result.w1,
+                note=f"{result.describe(0)}; {lib.note}",
+            )
+        )
+        rows.append(Row(f"{lib.name} lambda_max rel. error", result.top, note=result.describe(1)))
     for name in missing:
-        why = ("not installed: pip install it to include it (never a hessnb dependency)"
-               if config.libraries else "left out (--no-libraries)")
+        why = (
+            "not installed: pip install it to include it (never a hessnb dependency)"
+            if config.libraries
+            else "left out (--no-libraries)"
+        )
         rows.append(Row(f"{name} (skipped)", math.nan, status="skip", note=why))
     return rows, results
 
@@ -538,17 +597,33 @@ def _comparison_rows(results: dict[str, _Result]) -> list[Row]:
     """hessnb's SLQ time over each library's, and the verdict against the fastest."""
     ours = results["hessnb"]
     others = {k: v for k, v in results.items() if k != "hessnb"}
-    rows = [Row(f"hessnb / {name} SLQ time", ours.seconds / other.seconds,
-                note=f"{name} {other.seconds:.1f} s, hessnb {ours.seconds:.1f} s")
-            for name, other in others.items()]
+    rows = [
+        Row(
+            f"hessnb / {name} SLQ time",
+            ours.seconds / other.seconds,
+            note=f"{name} {other.seconds:.1f} s, hessnb {ours.seconds:.1f} s",
+        )
+        for name, other in others.items()
+    ]
     if not others:
-        return [*rows, Row("hessnb / fastest library SLQ time", math.nan, "<= 0.75", "skip",
-                           "no other library installed")]
+        return [
+            *rows,
+            Row(
+                "hessnb / fastest library SLQ time",
+                math.nan,
+                "<= 0.75",
+                "skip",
+                "no other library installed",
+            ),
+        ]
     fastest = min(others, key=lambda k: others[k].seconds)
     accurate = ours.as_accurate_as(others[fastest])
-    row = _check("hessnb / fastest library SLQ time", ours.seconds / others[fastest].seconds,
-                 0.75, f"fastest: {fastest}; accuracy equal or better: "
-                 f"{'yes' if accurate else 'no'}")
+    row = _check(
+        "hessnb / fastest library SLQ time",
+        ours.seconds / others[fastest].seconds,
+        0.75,
+        f"fastest: {fastest}; accuracy equal or better: {'yes' if accurate else 'no'}",
+    )
     if not accurate:
         row.status = "miss"
     return [*rows, row]
@@ -562,9 +637,11 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print) -> li
     model = digits_cnn(config.widths)
     op = HessianOperator(model, F.cross_entropy, batches)
     fresh = HessianOperator(model, F.cross_entropy, batches, graph_cache=False)
-    log(f"timed CNN: {op.n_params:,} parameters, {op.n_examples} examples in "
+    log(
+        f"timed CNN: {op.n_params:,} parameters, {op.n_examples} examples in "
         f"{len(batches)} batches of <= {config.batch_size}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     rows, seconds = _speed_rows(op, fresh, config)
     if not config.accuracy:
         return rows
@@ -588,20 +665,28 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m hessnb.bench", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m hessnb.bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="tiny configuration (seconds)")
     parser.add_argument("--repeats", type=int, help="interleaved repeats of HVP / gradient")
     parser.add_argument("--steps", type=int, help="Lanczos steps of the 1-probe rows (90)")
     parser.add_argument("--batched-steps", type=int, help="Lanczos steps of the 8-probe row")
     parser.add_argument("--accuracy-seeds", type=int, help="probe seeds in accuracy rows")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    parser.add_argument("--no-libraries", action="store_true",
-                        help="skip hessian-eigenthings and curvlinops")
-    parser.add_argument("--speed-only", action="store_true",
-                        help="only the HVP, Lanczos-overhead and batched-probe rows")
-    parser.add_argument("--profile", action="store_true",
-                        help="also time the parts of one HVP (forward, backwards)")
+    parser.add_argument(
+        "--no-libraries", action="store_true", help="skip hessian-eigenthings and curvlinops"
+    )
+    parser.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="only the HVP, Lanczos-overhead and batched-probe rows",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also time the parts of one HVP (forward, backwards)"
+    )
     return parser.parse_args(argv)
 
 
@@ -609,9 +694,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; prints the table and returns 0."""
     args = _parse(argv)
     config = BenchConfig.quick() if args.quick else BenchConfig()
-    overrides = {"repeats": args.repeats, "steps": args.steps,
-                 "batched_steps": args.batched_steps, "accuracy_seeds": args.accuracy_seeds,
-                 "threads": args.threads}
+    overrides = {
+        "repeats": args.repeats,
+        "steps": args.steps,
+        "batched_steps": args.batched_steps,
+        "accuracy_seeds": args.accuracy_seeds,
+        "threads": args.threads,
+    }
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
@@ -621,9 +710,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run_benchmark(config, log)
     print(format_table(rows))
     if args.profile:
-        parts = profile_hvp(digits_cnn(config.widths),
-                            digits_batches(config.n_examples, config.batch_size),
-                            config.repeats)
+        parts = profile_hvp(
+            digits_cnn(config.widths),
+            digits_batches(config.n_examples, config.batch_size),
+            config.repeats,
+        )
         unit = parts["gradient (forward + backward)"]
         print("\nparts of one HVP by double backward (min per full pass):")
         for name, seconds in parts.items():

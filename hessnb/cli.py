@@ -16,11 +16,12 @@ def _demo(args: argparse.Namespace) -> int:
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     if args.steps is not None:
         settings = DemoSettings(**{**settings.__dict__, "steps": args.steps})
-    print(f"hessnb demo: small CNN on {settings.examples} scikit-learn digits, "
-          f"{settings.steps} SGD steps, with and without batch norm (Hessian in BN train "
-          f"mode); {settings.lanczos_steps} Lanczos steps per spectrum")
-    paths = run_demo(args.out, settings, progress=not args.no_progress,
-                     report=not args.no_report)
+    print(
+        f"hessnb demo: small CNN on {settings.examples} scikit-learn digits, "
+        f"{settings.steps} SGD steps, with and without batch norm (Hessian in BN train "
+        f"mode); {settings.lanczos_steps} Lanczos steps per spectrum"
+    )
+    paths = run_demo(args.out, settings, progress=not args.no_progress, report=not args.no_report)
     combined = combine_runs({k: paths[k] for k in ("no-bn", "bn")})
     print("\nwrote")
     for key, path in paths.items():
@@ -29,8 +30,10 @@ def _demo(args: argparse.Namespace) -> int:
     print(summarise(combined))
     if "report" in paths:
         print(f"\nopen {paths['report']} in a browser.")
-    print("In Jupyter:\n"
-          f"  import hessnb; ds = hessnb.open_run('{paths['no-bn']}'); hessnb.explore(ds)")
+    print(
+        "In Jupyter:\n"
+        f"  import hessnb; ds = hessnb.open_run('{paths['no-bn']}'); hessnb.explore(ds)"
+    )
     return 0
 
 
@@ -45,18 +48,38 @@ def _track(args: argparse.Namespace) -> int:
 
     dataset = data.load(args.data)
     torch.manual_seed(args.seed)
-    model = models.build(args.model, bn=args.bn) if args.model in models.MODELS else \
-        models.build(args.model)
+    model = (
+        models.build(args.model, bn=args.bn)
+        if args.model in models.MODELS
+        else models.build(args.model)
+    )
     every = int(args.every) if args.every.isdigit() else args.every
     tracker = Tracker(
-        model, F.cross_entropy, data.fixed_batches(dataset, args.batch_size), args.out,
-        every=make_schedule(every), lanczos_steps=args.lanczos_steps, probes=args.probes,
-        top_k=args.top_k, bn_mode=args.bn_mode, seed=args.seed, name=args.name,
+        model,
+        F.cross_entropy,
+        data.fixed_batches(dataset, args.batch_size),
+        args.out,
+        every=make_schedule(every),
+        lanczos_steps=args.lanczos_steps,
+        probes=args.probes,
+        top_k=args.top_k,
+        bn_mode=args.bn_mode,
+        seed=args.seed,
+        name=args.name,
         progress=not args.no_progress,
     )
-    train(model, dataset, steps=args.steps, lr=args.lr, batch_size=args.train_batch_size,
-          lr_drops=args.lr_drops, tracker=tracker, checkpoint_dir=args.checkpoint_dir,
-          seed=args.seed, progress=not args.no_progress)
+    train(
+        model,
+        dataset,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.train_batch_size,
+        lr_drops=args.lr_drops,
+        tracker=tracker,
+        checkpoint_dir=args.checkpoint_dir,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     print(f"wrote {args.out} ({len(tracker.steps)} steps recorded)")
     return 0
 
@@ -69,7 +92,8 @@ def _spectrum(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hessnb", description="Hessian eigenvalue densities through training.")
+        prog="hessnb", description="Hessian eigenvalue densities through training."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train a digits CNN with and without BN, track both")
@@ -78,14 +102,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("--no-report", action="store_true", help="write only the run files")
-    demo.add_argument("--threads", type=int, default=1,
-                      help="CPU threads (default 1: fastest for these tiny models)")
+    demo.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (default 1: fastest for these tiny models)",
+    )
     demo.set_defaults(func=_demo)
 
     track = sub.add_parser("track", help="train a reference model and track its spectrum")
-    track.add_argument("--model", default="cnn",
-                       help="mlp, cnn, resnet32, a torchvision name, or package.module:factory "
-                            "for your own model (default cnn)")
+    track.add_argument(
+        "--model",
+        default="cnn",
+        help="mlp, cnn, resnet32, a torchvision name, or package.module:factory "
+        "for your own model (default cnn)",
+    )
     track.add_argument("--bn", action="store_true", help="with batch normalisation")
     track.add_argument("--data", default="digits", help="digits or cifar10:DIR")
     track.add_argument("--steps", type=int, default=300, help="SGD steps")
@@ -116,17 +147,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_slq_options(parser: argparse.ArgumentParser, *flags: str) -> None:
-    parser.add_argument(*(flags or ("--lanczos-steps",)), type=int, default=90,
-                        dest="lanczos_steps", help="Lanczos steps per probe (default 90)")
+    parser.add_argument(
+        *(flags or ("--lanczos-steps",)),
+        type=int,
+        default=90,
+        dest="lanczos_steps",
+        help="Lanczos steps per probe (default 90)",
+    )
     parser.add_argument("--probes", type=int, default=1)
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--bn-mode", choices=("eval", "train"), default=None,
-                        help="batch statistics (train, the paper's setting for BN networks) "
-                             "or running statistics (eval); default train with --bn, else eval")
+    parser.add_argument(
+        "--bn-mode",
+        choices=("eval", "train"),
+        default=None,
+        help="batch statistics (train, the paper's setting for BN networks) "
+        "or running statistics (eval); default train with --bn, else eval",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

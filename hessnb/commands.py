@@ -74,32 +74,49 @@ _HEADROOM = 1.25  # "auto" wants this much more free memory than it needs
 
 def add_spectrum_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``hessnb spectrum`` (the SLQ options are added by the CLI)."""
-    parser.add_argument("--model", required=True,
-                        help="mlp, cnn, resnet32, a torchvision name such as resnet18, or "
-                             "package.module:factory for your own model")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="mlp, cnn, resnet32, a torchvision name such as resnet18, or "
+        "package.module:factory for your own model",
+    )
     parser.add_argument("--bn", action="store_true", help="reference models: with batch norm")
     parser.add_argument("--weights", default=None, help="one checkpoint (.pt state dict)")
-    parser.add_argument("--checkpoints", default=None,
-                        help="glob of checkpoints, e.g. 'ckpt_*.pt' (one step each)")
+    parser.add_argument(
+        "--checkpoints", default=None, help="glob of checkpoints, e.g. 'ckpt_*.pt' (one step each)"
+    )
     parser.add_argument("--data", default="digits", help="digits, cifar10:DIR or imagenet:DIR")
-    parser.add_argument("--subset-per-class", type=int, default=None,
-                        help="use the first N images of every class")
-    parser.add_argument("--image-size", type=int, default=224,
-                        help="imagenet: centre crop in pixels after resizing to 8/7 of it "
-                             "(default 224)")
+    parser.add_argument(
+        "--subset-per-class", type=int, default=None, help="use the first N images of every class"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=224,
+        help="imagenet: centre crop in pixels after resizing to 8/7 of it (default 224)",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--basis", default="auto", choices=PLACEMENTS,
-                        help="where the float64 Krylov basis lives: device (GPU), cpu (pinned "
-                             "RAM), mmap (a file in $TMPDIR) or auto (the first that fits; "
-                             "default)")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="HVP arithmetic: fp32 (default, TF32 off), tf32 (CUDA, Ampere+) or "
-                             "bf16 (autocast; top eigenvalue off by ~3 %% in our test, see "
-                             "BENCHMARKS.md); Lanczos is float64 regardless")
-    parser.add_argument("--no-channels-last", action="store_true",
-                        help="CUDA: keep the default memory format")
+    parser.add_argument(
+        "--basis",
+        default="auto",
+        choices=PLACEMENTS,
+        help="where the float64 Krylov basis lives: device (GPU), cpu (pinned "
+        "RAM), mmap (a file in $TMPDIR) or auto (the first that fits; "
+        "default)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="HVP arithmetic: fp32 (default, TF32 off), tf32 (CUDA, Ampere+) or "
+        "bf16 (autocast; top eigenvalue off by ~3 %% in our test, see "
+        "BENCHMARKS.md); Lanczos is float64 regardless",
+    )
+    parser.add_argument(
+        "--no-channels-last", action="store_true", help="CUDA: keep the default memory format"
+    )
     parser.add_argument("--out", default="run.nc", help="run file to write or resume")
 
 
@@ -143,8 +160,9 @@ def configure_backends(device: torch.device, precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if device.type != "cuda":
         if precision == "tf32":
-            raise ValueError("--precision tf32 needs a CUDA GPU (Ampere or newer); use fp32 "
-                             "or bf16")
+            raise ValueError(
+                "--precision tf32 needs a CUDA GPU (Ampere or newer); use fp32 or bf16"
+            )
         return
     torch.backends.cudnn.benchmark = True
     mode = "tf32" if precision == "tf32" else "ieee"
@@ -163,8 +181,12 @@ def _autocast_forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any
     return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device, precision: str = "fp32",
-                  channels_last: bool = True) -> torch.nn.Module:
+def prepare_model(
+    model: torch.nn.Module,
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = True,
+) -> torch.nn.Module:
     """Move ``model`` to ``device``, channels-last on CUDA, bf16 autocast if asked.
 
     The model keeps its class and parameter names (``bf16`` wraps the instance's
@@ -216,22 +238,29 @@ class MemoryPlan:
     def describe(self) -> str:
         """One paragraph for the user: what goes where, needed vs free."""
         gpu = self.device.type == "cuda"
-        where = {"device": f"{self.device} memory" if gpu else "RAM",
-                 "cpu": "pinned RAM" if gpu else "RAM",
-                 "mmap": f"a memory-mapped file in {tempfile.gettempdir()}"}[self.placement]
+        where = {
+            "device": f"{self.device} memory" if gpu else "RAM",
+            "cpu": "pinned RAM" if gpu else "RAM",
+            "mmap": f"a memory-mapped file in {tempfile.gettempdir()}",
+        }[self.placement]
         each = f" per process, {self.processes} processes" if self.processes > 1 else ""
-        parts = [f"Krylov basis {_human(self.basis)} in {where}{each}",
-                 f"about {_human(self.working)} of work vectors on {self.device}"]
-        totals = ", ".join(f"{_RESOURCE[k]} {_human(v)} needed / {_human(self.free[k])} free"
-                           for k, v in self.needs.items())
+        parts = [
+            f"Krylov basis {_human(self.basis)} in {where}{each}",
+            f"about {_human(self.working)} of work vectors on {self.device}",
+        ]
+        totals = ", ".join(
+            f"{_RESOURCE[k]} {_human(v)} needed / {_human(self.free[k])} free"
+            for k, v in self.needs.items()
+        )
         return f"memory: {'; '.join(parts)} (+ activations of one batch). {totals}"
 
 
 _RESOURCE = {"device": "GPU", "cpu": "RAM", "disk": "disk"}
 
 
-def _requirements(placement: str, basis: int, working: int, processes: int,
-                  device: torch.device) -> dict[str, int]:
+def _requirements(
+    placement: str, basis: int, working: int, processes: int, device: torch.device
+) -> dict[str, int]:
     """Bytes per resource; GPU figures are per process (one GPU each)."""
     gpu = device.type == "cuda"
     needs = {"device": working} if gpu else {"cpu": working * processes}
@@ -244,9 +273,16 @@ def _requirements(placement: str, basis: int, working: int, processes: int,
     return needs
 
 
-def plan_memory(n_params: int, steps: int, probes: int, top_k: int, basis: str,
-                device: torch.device, processes: int = 1,
-                param_bytes: int = 4) -> MemoryPlan:
+def plan_memory(
+    n_params: int,
+    steps: int,
+    probes: int,
+    top_k: int,
+    basis: str,
+    device: torch.device,
+    processes: int = 1,
+    param_bytes: int = 4,
+) -> MemoryPlan:
     """Choose the basis placement and check that the run fits, before it starts.
 
     Parameters
@@ -275,10 +311,14 @@ def plan_memory(n_params: int, steps: int, probes: int, top_k: int, basis: str,
     # Lanczos q, w and Gram-Schmidt temporaries, products, tangents, Ritz vectors, g, Hg,
     # in float64; the model's parameters, gradients and first-backward graph.
     working = 8 * n_params * (6 * probes + top_k + 4) + 4 * param_bytes * n_params
-    free = {"device": available_bytes("device", device) if device.type == "cuda" else 0,
-            "cpu": available_bytes("cpu"), "disk": _free_disk(tempfile.gettempdir())}
-    options = {p: _requirements(p, nbytes, working, processes, device)
-               for p in ("device", "cpu", "mmap")}
+    free = {
+        "device": available_bytes("device", device) if device.type == "cuda" else 0,
+        "cpu": available_bytes("cpu"),
+        "disk": _free_disk(tempfile.gettempdir()),
+    }
+    options = {
+        p: _requirements(p, nbytes, working, processes, device) for p in ("device", "cpu", "mmap")
+    }
 
     def fits(placement: str, headroom: float) -> bool:
         return all(headroom * v <= free[k] for k, v in options[placement].items())
@@ -289,25 +329,47 @@ def plan_memory(n_params: int, steps: int, probes: int, top_k: int, basis: str,
         chosen = basis if fits(basis, 1.0) else None
     if chosen is None:
         raise MemoryError(_refusal(basis, options, free, nbytes, n_params, steps, probes))
-    return MemoryPlan(chosen, nbytes, working, processes, device, options[chosen],
-                      {k: free[k] for k in options[chosen]})
+    return MemoryPlan(
+        chosen,
+        nbytes,
+        working,
+        processes,
+        device,
+        options[chosen],
+        {k: free[k] for k in options[chosen]},
+    )
 
 
-def _refusal(basis: str, options: dict[str, dict[str, int]], free: dict[str, int],
-             nbytes: int, n_params: int, steps: int, probes: int) -> str:
+def _refusal(
+    basis: str,
+    options: dict[str, dict[str, int]],
+    free: dict[str, int],
+    nbytes: int,
+    n_params: int,
+    steps: int,
+    probes: int,
+) -> str:
     def need(placement: str) -> str:
-        return ", ".join(f"{_RESOURCE[k]} {_human(v)} needed / {_human(free[k])} free"
-                         for k, v in options[placement].items())
+        return ", ".join(
+            f"{_RESOURCE[k]} {_human(v)} needed / {_human(free[k])} free"
+            for k, v in options[placement].items()
+        )
 
-    head = (f"the run does not fit in memory: the float64 Krylov basis is {_human(nbytes)} "
-            f"per process ({probes} probe(s) x {steps} steps x {n_params:,} parameters x 8 "
-            "bytes)")
+    head = (
+        f"the run does not fit in memory: the float64 Krylov basis is {_human(nbytes)} "
+        f"per process ({probes} probe(s) x {steps} steps x {n_params:,} parameters x 8 "
+        "bytes)"
+    )
     others = "; ".join(f"--basis {p}: {need(p)}" for p in options if p != basis)
     if basis != "auto":
-        return (f"{head}, and --basis {basis} needs {need(basis)}. Change the option: "
-                f"{others}; or lower --steps / --probes")
-    return (f"{head}, and no placement has room ({others}). Free memory or disk (--basis "
-            "mmap writes to $TMPDIR: point it at a larger disk), or lower --steps / --probes")
+        return (
+            f"{head}, and --basis {basis} needs {need(basis)}. Change the option: "
+            f"{others}; or lower --steps / --probes"
+        )
+    return (
+        f"{head}, and no placement has room ({others}). Free memory or disk (--basis "
+        "mmap writes to $TMPDIR: point it at a larger disk), or lower --steps / --probes"
+    )
 
 
 # ---------------------------------------------------------------------- progress
@@ -334,8 +396,10 @@ class _Metered:
                 self.bar.update(size * self.ranks)
         self.rates.append(seen * self.ranks / max(time.perf_counter() - start, 1e-9))
         if self.bar is not None:
-            self.bar.set_postfix_str(f"pass {len(self.rates)}/{self.total_passes}, "
-                                     f"{_rate(self.rates[-1])} img/s", refresh=False)
+            self.bar.set_postfix_str(
+                f"pass {len(self.rates)}/{self.total_passes}, {_rate(self.rates[-1])} img/s",
+                refresh=False,
+            )
 
 
 def _rate(value: float) -> str:
@@ -363,9 +427,14 @@ def _batches(part: Dataset, args: argparse.Namespace, device: torch.device) -> I
     size = first.numel() * first.element_size() if isinstance(first, torch.Tensor) else 0
     if size * len(part) <= MATERIALISE_BYTES:
         return data.fixed_batches(part, args.batch_size, num_workers=args.workers)
-    return DataLoader(part, batch_size=args.batch_size, shuffle=False,
-                      num_workers=args.workers, pin_memory=device.type == "cuda",
-                      persistent_workers=args.workers > 0)
+    return DataLoader(
+        part,
+        batch_size=args.batch_size,
+        shuffle=False,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+    )
 
 
 def _device(args: argparse.Namespace) -> torch.device:
@@ -381,7 +450,8 @@ def spectrum_command(args: argparse.Namespace) -> int:
     if (args.weights is None) == (args.checkpoints is None):
         raise ValueError("pass exactly one of --weights CHECKPOINT or --checkpoints 'GLOB'")
     started = distributed.init_from_env(
-        None if args.device is None else torch.device(args.device).type)
+        None if args.device is None else torch.device(args.device).type
+    )
     try:
         return _run(args)
     finally:
@@ -391,8 +461,12 @@ def spectrum_command(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     items = distributed.from_main(
-        lambda: [(0, Path(args.weights))] if args.weights is not None
-        else checkpoint_steps(args.checkpoints))
+        lambda: (
+            [(0, Path(args.weights))]
+            if args.weights is not None
+            else checkpoint_steps(args.checkpoints)
+        )
+    )
     for _, path in items:
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint at {path}")
@@ -402,34 +476,62 @@ def _run(args: argparse.Namespace) -> int:
     model = models.build(args.model, **kwargs)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     ranks = distributed.world_size()
-    plan = plan_memory(n_params, args.lanczos_steps, args.probes, args.top_k, args.basis,
-                       device, distributed.local_world_size())
-    _say(f"hessnb spectrum: {args.model} ({n_params:,} parameters) on {device}"
-         f"{f' x {ranks} processes' if ranks > 1 else ''}, precision {args.precision}")
+    plan = plan_memory(
+        n_params,
+        args.lanczos_steps,
+        args.probes,
+        args.top_k,
+        args.basis,
+        device,
+        distributed.local_world_size(),
+    )
+    _say(
+        f"hessnb spectrum: {args.model} ({n_params:,} parameters) on {device}"
+        f"{f' x {ranks} processes' if ranks > 1 else ''}, precision {args.precision}"
+    )
     _say(plan.describe())
     if args.bn_mode == "train" and ranks > 1:
-        _say("note: --bn-mode train uses the statistics of each batch, and each process "
-             "batches its own shard, so the Hessian depends on the number of processes")
+        _say(
+            "note: --bn-mode train uses the statistics of each batch, and each process "
+            "batches its own shard, so the Hessian depends on the number of processes"
+        )
     model = prepare_model(model, device, args.precision, not args.no_channels_last)
     dataset = data.load(args.data, **_dataset_kwargs(args))
     part = distributed.shard(dataset)
     metered = _Metered(_batches(part, args, device), ranks)
     tracker = Tracker(
-        model, F.cross_entropy, metered, args.out, every=[s for s, _ in items],
-        lanczos_steps=args.lanczos_steps, probes=args.probes, top_k=args.top_k,
-        bn_mode=args.bn_mode, seed=args.seed, basis=plan.placement, transfer=True,
-        progress=False, attrs={"precision": args.precision, "data": args.data},
+        model,
+        F.cross_entropy,
+        metered,
+        args.out,
+        every=[s for s, _ in items],
+        lanczos_steps=args.lanczos_steps,
+        probes=args.probes,
+        top_k=args.top_k,
+        bn_mode=args.bn_mode,
+        seed=args.seed,
+        basis=plan.placement,
+        transfer=True,
+        progress=False,
+        attrs={"precision": args.precision, "data": args.data},
     )
     todo = [(s, p) for s, p in items if tracker.due(s)]
     passes = args.lanczos_steps + EXTRA_PASSES
-    _say(f"data: {len(dataset):,} images{f' in {ranks} shards' if ranks > 1 else ''}; "
-         f"{len(todo)} of {len(items)} checkpoint(s) to compute, {passes} passes over the "
-         "data each")
+    _say(
+        f"data: {len(dataset):,} images{f' in {ranks} shards' if ranks > 1 else ''}; "
+        f"{len(todo)} of {len(items)} checkpoint(s) to compute, {passes} passes over the "
+        "data each"
+    )
     metered.total_passes = passes * len(todo)
-    metered.bar = tqdm(total=metered.total_passes * len(dataset), unit="img",
-                       unit_scale=True, desc="hessnb spectrum", dynamic_ncols=True,
-                       mininterval=1.0 if sys.stderr.isatty() else 60.0,
-                       disable=args.no_progress or not distributed.is_main())
+    metered.bar = tqdm(
+        total=metered.total_passes * len(dataset),
+        unit="img",
+        unit_scale=True,
+        desc="hessnb spectrum",
+        dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 60.0,
+        disable=args.no_progress or not distributed.is_main(),
+    )
     try:
         for step, path in items:
             if (step, path) not in todo:
@@ -442,8 +544,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record(tracker: Tracker, metered: _Metered, model: torch.nn.Module, step: int,
-            path: Path, out: str) -> None:
+def _record(
+    tracker: Tracker, metered: _Metered, model: torch.nn.Module, step: int, path: Path, out: str
+) -> None:
     load_weights(model, path)
     first, start = len(metered.rates), time.perf_counter()
     tracker.record(step)
@@ -451,6 +554,8 @@ def _record(tracker: Tracker, metered: _Metered, model: torch.nn.Module, step: i
     rates = metered.rates[first:]
     rate = statistics.median(rates) if rates else math.nan  # most passes are HVPs
     top = tracker.dataset.sel(step=step)
-    _say(f"step {step} ({path.name}): top eigenvalue {float(top.top_eigenvalues[0]):.6g}, "
-         f"trace {float(top.trace):.6g}; {seconds:.1f} s, HVP {_rate(rate)} img/s; "
-         f"written to {out}")
+    _say(
+        f"step {step} ({path.name}): top eigenvalue {float(top.top_eigenvalues[0]):.6g}, "
+        f"trace {float(top.trace):.6g}; {seconds:.1f} s, HVP {_rate(rate)} img/s; "
+        f"written to {out}"
+    )

@@ -79,8 +79,9 @@ def digits(
     return TensorDataset(x.to(dtype), y)
 
 
-def _eval_transform(size: int | None, crop: int | None, mean: Sequence[float],
-                    std: Sequence[float]) -> Any:
+def _eval_transform(
+    size: int | None, crop: int | None, mean: Sequence[float], std: Sequence[float]
+) -> Any:
     from torchvision import transforms
 
     steps: list[Any] = []
@@ -117,6 +118,7 @@ def cifar10(
 
     cls = CIFAR10
     if not verify:
+
         class _Unverified(CIFAR10):
             def _check_integrity(self) -> bool:
                 base = os.path.join(self.root, self.base_folder)
@@ -133,8 +135,12 @@ def cifar10(
 
         cls = _Unverified
     try:
-        data = cls(str(root), train=train, download=download and verify,
-                   transform=_eval_transform(None, None, CIFAR10_MEAN, CIFAR10_STD))
+        data = cls(
+            str(root),
+            train=train,
+            download=download and verify,
+            transform=_eval_transform(None, None, CIFAR10_MEAN, CIFAR10_STD),
+        )
     except (RuntimeError, OSError) as exc:  # missing files, or a failed download
         raise FileNotFoundError(
             f"CIFAR-10 is not in {root} and could not be downloaded ({exc}); download it "
@@ -159,8 +165,12 @@ def imagenet(
 
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no ImageNet folder at {root} (expected root/class/image.JPEG)")
-    data = ImageFolder(str(root), transform=_eval_transform(
-        round(image_size * 8 / 7), image_size, IMAGENET_MEAN, IMAGENET_STD))
+    data = ImageFolder(
+        str(root),
+        transform=_eval_transform(
+            round(image_size * 8 / 7), image_size, IMAGENET_MEAN, IMAGENET_STD
+        ),
+    )
     if subset_per_class is not None:
         data = per_class_subset(data, subset_per_class)
     return data

@@ -43,8 +43,12 @@ class DemoSettings:
         return cls(steps=40, lanczos_steps=20, records_per_decade=2, examples=600)
 
 
-def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), progress: bool = True,
-             report: bool = True) -> dict[str, Path]:
+def run_demo(
+    out: str | Path,
+    settings: DemoSettings = DemoSettings(),
+    progress: bool = True,
+    report: bool = True,
+) -> dict[str, Path]:
     """Train and track the digits CNN with and without batch norm.
 
     Returns
@@ -64,14 +68,31 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), progress:
         model = models.small_cnn(channels=settings.channels, bn=bn)
         path = out / f"{name}.nc"
         tracker = Tracker(
-            model, F.cross_entropy, batches, path, every=schedule,
-            lanczos_steps=settings.lanczos_steps, probes=settings.probes,
-            top_k=settings.top_k, bn_mode="train" if bn else "eval", seed=settings.seed,
-            name=name, overwrite=True, progress=progress,
+            model,
+            F.cross_entropy,
+            batches,
+            path,
+            every=schedule,
+            lanczos_steps=settings.lanczos_steps,
+            probes=settings.probes,
+            top_k=settings.top_k,
+            bn_mode="train" if bn else "eval",
+            seed=settings.seed,
+            name=name,
+            overwrite=True,
+            progress=progress,
         )
-        train(model, dataset, steps=settings.steps, batch_size=settings.batch_size,
-              lr=settings.lr, lr_drops=(int(0.75 * settings.steps),), tracker=tracker,
-              seed=settings.seed, progress=progress)
+        train(
+            model,
+            dataset,
+            steps=settings.steps,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            lr_drops=(int(0.75 * settings.steps),),
+            tracker=tracker,
+            seed=settings.seed,
+            progress=progress,
+        )
         paths[name] = path
     if report:
         combined = combine_runs({name: paths[name] for name in ("no-bn", "bn")})

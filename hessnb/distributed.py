@@ -205,7 +205,8 @@ def from_main(fn: Callable[[], T], enabled: bool = True) -> T:
     return value
 
 
-def write_on_main(write: Callable[[Any, Path], None], obj: Any, path: str | os.PathLike,
-                  enabled: bool = True) -> None:
+def write_on_main(
+    write: Callable[[Any, Path], None], obj: Any, path: str | os.PathLike, enabled: bool = True
+) -> None:
     """``write(obj, path)`` on rank 0 only; the other ranks wait for it and share its errors."""
     from_main(lambda: write(obj, Path(path)), enabled)

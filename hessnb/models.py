@@ -89,8 +89,14 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet for 32x32 images (He et al. 2016, section 4.2), optionally without BN."""
 
-    def __init__(self, blocks: int = 5, width: int = 16, classes: int = 10,
-                 bn: bool = True, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        blocks: int = 5,
+        width: int = 16,
+        classes: int = 10,
+        bn: bool = True,
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
         self.bn = bn
         self.stem = nn.Sequential(
@@ -114,8 +120,9 @@ class CifarResNet(nn.Module):
         return self.head(self.layers(self.stem(x)))
 
 
-def resnet32(bn: bool = True, width: int = 16, classes: int = 10, blocks: int = 5,
-             in_channels: int = 3) -> CifarResNet:
+def resnet32(
+    bn: bool = True, width: int = 16, classes: int = 10, blocks: int = 5, in_channels: int = 3
+) -> CifarResNet:
     """The paper's CIFAR-10 ResNet-32 (``blocks=5`` per stage, 6 * 5 + 2 = 32 layers).
 
     Parameters
@@ -128,8 +135,7 @@ def resnet32(bn: bool = True, width: int = 16, classes: int = 10, blocks: int = 
     blocks : int
         Basic blocks per stage (5 gives ResNet-32; 1 gives a quick ResNet-8).
     """
-    return CifarResNet(blocks=blocks, width=width, classes=classes, bn=bn,
-                       in_channels=in_channels)
+    return CifarResNet(blocks=blocks, width=width, classes=classes, bn=bn, in_channels=in_channels)
 
 
 MODELS = {"mlp": mlp, "cnn": small_cnn, "resnet32": resnet32}

@@ -206,7 +206,8 @@ class HessianOperator:
         self._cache = _make_cache(graph_cache, batches, self.device)
         self._reuse_depth = 0  # > 0 inside reuse_graphs(): the parameters are frozen
         self._reduce: Callable[[torch.Tensor], torch.Tensor] | None = _distributed.reducer(
-            distributed)  # before the first pass, so n_examples is global
+            distributed
+        )  # before the first pass, so n_examples is global
         first = self._pass()  # validates batches, loss and devices; records reference
         if check_determinism:
             self._pass()
@@ -428,8 +429,9 @@ class HessianOperator:
             counting = self._cache.counting() if keep else contextlib.nullcontext()
             with torch.set_grad_enabled(build), counting:
                 loss, outputs = self._loss(inputs, targets, index)
-                entry = BatchGraph(_batch_size(inputs, targets), float(loss.detach()),
-                                   _correct(outputs, targets))
+                entry = BatchGraph(
+                    _batch_size(inputs, targets), float(loss.detach()), _correct(outputs, targets)
+                )
                 if build:
                     entry.grads, entry.live = self._first_backward(loss, index, create_graph)
             examples += entry.size
@@ -451,7 +453,10 @@ class HessianOperator:
         # Parameters the loss does not use (e.g. an unused head) get zero gradient
         # and zero Hessian rows instead of an autograd error.
         grads = torch.autograd.grad(
-            loss, self._params, create_graph=create_graph, allow_unused=True,
+            loss,
+            self._params,
+            create_graph=create_graph,
+            allow_unused=True,
             materialize_grads=True,
         )
         return grads, [j for j, g in enumerate(grads) if g.requires_grad]
@@ -475,8 +480,11 @@ class HessianOperator:
         failure: BaseException | None = None
         try:
             with self._modes():
-                entries = self._cache.entries if cached else self._graphs(
-                    build=need_gradient or k > 0, create_graph=k > 0)
+                entries = (
+                    self._cache.entries
+                    if cached
+                    else self._graphs(build=need_gradient or k > 0, create_graph=k > 0)
+                )
                 for entry in entries:
                     examples += entry.size
                     loss_sum += entry.size * entry.loss
@@ -500,8 +508,9 @@ class HessianOperator:
             if self._reduce is None:
                 raise
             failure = exc
-        totals = self._all_reduce(examples, loss_sum, correct, grad_sum, prod_sum,
-                                  failed=failure is not None)
+        totals = self._all_reduce(
+            examples, loss_sum, correct, grad_sum, prod_sum, failed=failure is not None
+        )
         if failure is not None:
             raise failure
         examples, loss_sum, correct, grad_sum, prod_sum = totals
@@ -521,8 +530,7 @@ class HessianOperator:
         """
         if self._reduce is None:
             return examples, loss_sum, correct, grad_sum, prod_sum
-        scalars = torch.tensor([examples, loss_sum, correct, float(failed)],
-                               dtype=torch.float64)
+        scalars = torch.tensor([examples, loss_sum, correct, float(failed)], dtype=torch.float64)
         parts = [scalars.to(self.device)]
         parts += [t.reshape(-1) for t in (grad_sum, prod_sum) if t is not None]
         flat = self._reduce(torch.cat(parts))
@@ -530,7 +538,8 @@ class HessianOperator:
         if failures and not failed:
             raise RuntimeError(
                 f"{int(failures)} other process(es) failed during this pass over the data; "
-                "see their error messages (this rank stopped too instead of waiting)")
+                "see their error messages (this rank stopped too instead of waiting)"
+            )
         offset, out = 4, []
         for t in (grad_sum, prod_sum):
             if t is None:
@@ -541,9 +550,7 @@ class HessianOperator:
         return round(examples), loss_sum, correct, out[0], out[1]
 
 
-def _make_cache(
-    setting: bool | int | str, batches: Any, device: torch.device
-) -> GraphCache | None:
+def _make_cache(setting: bool | int | str, batches: Any, device: torch.device) -> GraphCache | None:
     if setting is False or setting is None:
         return None
     if setting == "auto":
@@ -553,8 +560,9 @@ def _make_cache(
         return GraphCache(2**62)
     if isinstance(setting, int) and setting > 0:
         return GraphCache(setting)
-    raise ValueError(f"graph_cache must be True, False, 'auto' or a positive byte budget, "
-                     f"got {setting!r}")
+    raise ValueError(
+        f"graph_cache must be True, False, 'auto' or a positive byte budget, got {setting!r}"
+    )
 
 
 def _batch_size(inputs: Any, targets: Any) -> int:

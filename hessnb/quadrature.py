@@ -169,8 +169,9 @@ def gaussian_density(
     -------
     array, shape (..., g)
     """
-    return sum(np.exp(terms).sum(axis=-2) for terms in _log_terms(nodes, weights, grid, sigma,
-                                                                   chunk))
+    return sum(
+        np.exp(terms).sum(axis=-2) for terms in _log_terms(nodes, weights, grid, sigma, chunk)
+    )
 
 
 def moments(nodes: np.ndarray, weights: np.ndarray, orders: int | list[int]) -> np.ndarray:

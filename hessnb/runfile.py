@@ -181,8 +181,7 @@ def combine_runs(runs: Mapping[str, xr.Dataset | str | os.PathLike]) -> xr.Datas
     for part in parts:
         part.attrs = {}
     index = pd.Index(list(datasets), name="run")
-    combined = xr.concat(parts, dim=index, join="outer", data_vars="all",
-                         combine_attrs="drop")
+    combined = xr.concat(parts, dim=index, join="outer", data_vars="all", combine_attrs="drop")
     for key in varying:
         values = [str(ds.attrs.get(key, "")) for ds in datasets.values()]
         combined = combined.assign_coords({key: ("run", values)})

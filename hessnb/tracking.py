@@ -34,12 +34,34 @@ from hessnb.spectrum import _check_settings, estimate, provenance, to_dataset
 __all__ = ["RESERVED", "Tracker"]
 
 #: Per-step variables the tracker computes itself; user scalars may not use these names.
-RESERVED = frozenset({
-    "nodes", "weights", "lanczos_length", "top_eigenvalues", "top_residuals", "trace",
-    "trace_stderr", "w1_bound", "n_params", "loss", "accuracy", "grad_norm", "grad_fraction",
-    "grad_overlap", "grad_hg_cosine", "update_norm", "update_fraction", "update_overlap",
-    "update_grad_cosine", "step", "probe", "node", "k", "run",
-})
+RESERVED = frozenset(
+    {
+        "nodes",
+        "weights",
+        "lanczos_length",
+        "top_eigenvalues",
+        "top_residuals",
+        "trace",
+        "trace_stderr",
+        "w1_bound",
+        "n_params",
+        "loss",
+        "accuracy",
+        "grad_norm",
+        "grad_fraction",
+        "grad_overlap",
+        "grad_hg_cosine",
+        "update_norm",
+        "update_fraction",
+        "update_overlap",
+        "update_grad_cosine",
+        "step",
+        "probe",
+        "node",
+        "k",
+        "run",
+    }
+)
 
 _LONG_NAMES = {
     "loss": "full-dataset mean loss",
@@ -128,19 +150,28 @@ class Tracker:
         _check_settings(lanczos_steps, probes, top_k, n_params)
         self.model, self.loss_fn, self.batches = model, loss_fn, batches
         self.lanczos_steps, self.probes, self.top_k, self.seed = (
-            lanczos_steps, probes, top_k, seed)
+            lanczos_steps,
+            probes,
+            top_k,
+            seed,
+        )
         self.bn_mode, self.dtype, self.transfer, self.basis = bn_mode, dtype, transfer, basis
         self._distributed = _distributed.use_distributed(distributed)
         self.progress = progress and (not self._distributed or _distributed.is_main())
         self.name = name
         self.extra_attrs = dict(attrs or {})
         self.settings = {
-            "n_params": n_params, "lanczos_steps": lanczos_steps, "probes": probes,
-            "top_k": top_k, "seed": seed, "bn_mode": bn_mode,
+            "n_params": n_params,
+            "lanczos_steps": lanczos_steps,
+            "probes": probes,
+            "top_k": top_k,
+            "seed": seed,
+            "bn_mode": bn_mode,
         }
         self._replace = overwrite
         self._data: xr.Dataset | None = _distributed.from_main(
-            self._open_existing, self._distributed)
+            self._open_existing, self._distributed
+        )
 
     def _open_existing(self) -> xr.Dataset | None:
         """Remove temporaries of killed writers; open the run to resume (rank 0 only)."""
@@ -203,24 +234,44 @@ class Tracker:
         step = self._check_step(step)
         extra = self._check_scalars(scalars)
         op = HessianOperator(
-            self.model, self.loss_fn, self.batches, params=[n for n, _ in self._selected],
-            bn_mode=self.bn_mode, dtype=self.dtype, transfer=self.transfer,
+            self.model,
+            self.loss_fn,
+            self.batches,
+            params=[n for n, _ in self._selected],
+            bn_mode=self.bn_mode,
+            dtype=self.dtype,
+            transfer=self.transfer,
             distributed=self._distributed,
         )
         with op.reuse_graphs():  # the model is fixed for the whole record
-            est = estimate(op, self.lanczos_steps, self.probes, self.seed, self.top_k,
-                           basis=self.basis, progress=self.progress, keep_vectors=True)
+            est = estimate(
+                op,
+                self.lanczos_steps,
+                self.probes,
+                self.seed,
+                self.top_k,
+                basis=self.basis,
+                progress=self.progress,
+                keep_vectors=True,
+            )
             statistics = self._statistics(op, est.top_vectors, update)
         record = to_dataset(est)
         for key, value in {**statistics, **extra}.items():
             dims = ("k",) if np.ndim(value) else ()
-            record[key] = (dims, np.asarray(value, dtype=np.float64),
-                           {"long_name": _LONG_NAMES.get(key, key)})
+            record[key] = (
+                dims,
+                np.asarray(value, dtype=np.float64),
+                {"long_name": _LONG_NAMES.get(key, key)},
+            )
         record = record.expand_dims(step=[step])
         for key in ("n_params",):
             record[key] = record[key].isel(step=0, drop=True)
-        record.attrs = {**self.extra_attrs, **self.settings, **provenance(op),
-                        "schedule": self.schedule.describe()}
+        record.attrs = {
+            **self.extra_attrs,
+            **self.settings,
+            **provenance(op),
+            "schedule": self.schedule.describe(),
+        }
         if self.name is not None:
             record.attrs["run"] = self.name
         self._append(record)
@@ -243,9 +294,12 @@ class Tracker:
         if update is not None:
             direction = self._flat_update(op, update)
             u_fraction, u_overlaps, u_norm = projection_statistics(vectors, direction)
-            stats.update(update_norm=u_norm, update_fraction=u_fraction,
-                         update_overlap=u_overlaps,
-                         update_grad_cosine=cosine(direction, gradient))
+            stats.update(
+                update_norm=u_norm,
+                update_fraction=u_fraction,
+                update_overlap=u_overlaps,
+                update_grad_cosine=cosine(direction, gradient),
+            )
         return stats
 
     @staticmethod
@@ -291,7 +345,8 @@ class Tracker:
                 out[key] = float(value)
             except (TypeError, ValueError) as exc:
                 raise TypeError(
-                    f"scalar {key!r} must be a number, got {type(value).__name__}") from exc
+                    f"scalar {key!r} must be a number, got {type(value).__name__}"
+                ) from exc
         return out
 
     # ------------------------------------------------------------------ storage
@@ -301,9 +356,15 @@ class Tracker:
         else:
             previous = self._data.copy()
             previous.attrs = {}
-            grown = xr.concat([previous, record], dim="step", join="outer", data_vars="minimal",
-                              coords="minimal", compat="override",
-                              combine_attrs="override").sortby("step")
+            grown = xr.concat(
+                [previous, record],
+                dim="step",
+                join="outer",
+                data_vars="minimal",
+                coords="minimal",
+                compat="override",
+                combine_attrs="override",
+            ).sortby("step")
             grown.attrs = record.attrs
         # on disk before record returns; only rank 0 writes
         _distributed.write_on_main(write_run, grown, self.path, self._distributed)

@@ -112,8 +112,9 @@ def train(
         raise ValueError(f"steps must be >= 0, got {steps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                                weight_decay=weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
     start = 0
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     if ckpt is not None:
@@ -130,14 +131,16 @@ def train(
 
     def checkpoint(step: int) -> None:
         if ckpt is not None:
-            save_checkpoint(ckpt, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            step=step)
+            save_checkpoint(
+                ckpt, model=model.state_dict(), optimizer=optimizer.state_dict(), step=step
+            )
 
     try:
         for step in range(start, steps + 1):
             rate = learning_rate(step, lr, lr_drops, lr_factor)
             due = tracker is not None and (
-                step in tracker.schedule or (record_final and step == steps))
+                step in tracker.schedule or (record_final and step == steps)
+            )
             if due:
                 if step not in tracker.steps:
                     tracker.record(step, lr=rate)
@@ -154,7 +157,8 @@ def train(
             loss = loss_fn(model(x.to(device)), y.to(device))
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"training diverged at step {step} (loss {loss.item()}); lower lr")
+                    f"training diverged at step {step} (loss {loss.item()}); lower lr"
+                )
             loss.backward()
             optimizer.step()
             bar.update(1)

@@ -23,9 +23,14 @@ def test_quick_benchmark_table_has_expected_rows(capsys: pytest.CaptureFixture[s
     config.libraries = _libraries_wanted()
     rows = bench.run_benchmark(config, log=lambda _text: None)
     names = [row.name for row in rows]
-    expected = ["HVP / gradient", "SLQ 6 steps / 6 HVPs", "8 probes batched / 8 x 1 probe",
-                "hessnb W1 / spectral range", "hessnb lambda_max rel. error",
-                "hessnb / fastest library SLQ time"]
+    expected = [
+        "HVP / gradient",
+        "SLQ 6 steps / 6 HVPs",
+        "8 probes batched / 8 x 1 probe",
+        "hessnb W1 / spectral range",
+        "hessnb lambda_max rel. error",
+        "hessnb / fastest library SLQ time",
+    ]
     for name in expected:
         assert name in names
     for row in rows:
@@ -48,8 +53,9 @@ def _libraries_wanted() -> bool:
     return os.environ.get("HESSNB_BENCH_LIBRARIES") == "1"
 
 
-def test_main_quick_prints_table(monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_quick_prints_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     seen = {}
 
     def fake_run(config: bench.BenchConfig, log: object) -> list[bench.Row]:

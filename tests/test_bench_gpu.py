@@ -22,8 +22,9 @@ def bench() -> ModuleType:
     return module
 
 
-def test_tiny_configuration_prints_the_table(bench: ModuleType,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_tiny_configuration_prints_the_table(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert bench.main(["--tiny"]) == 0
     printed = capsys.readouterr().out
     assert "| tiny | 0.05 M | fp32 |" in printed
@@ -40,8 +41,7 @@ def test_projection_formula(bench: ModuleType) -> None:
     # 95 passes of 1.28 M images at 1000 img/s on 8 GPUs, plus 90 Lanczos steps of 2 s
     hours = bench.projected_hours(1000.0, 1_281_167, 8, 2.0)
     assert hours == pytest.approx((95 * 1_281_167 / 8000 + 180) / 3600)
-    assert bench.projected_hours(1000.0, 1000, 1, 0.0, steps=1) == pytest.approx(
-        6 / 3600)
+    assert bench.projected_hours(1000.0, 1000, 1, 0.0, steps=1) == pytest.approx(6 / 3600)
     assert math.isclose(bench.Row("m", 1, "fp32", 100.0, 40.0, 0, 0, 0, 0).ratio, 0.4)
 
 

@@ -5,11 +5,28 @@ from hessnb import cli, open_run
 
 def test_track_then_report(tmp_path, capsys):
     run = tmp_path / "run.nc"
-    code = cli.main([
-        "track", "--model", "mlp", "--data", "digits", "--steps", "4", "--every", "2",
-        "--lanczos-steps", "6", "--top-k", "2", "--out", str(run), "--name", "tiny",
-        "--no-progress",
-    ])
+    code = cli.main(
+        [
+            "track",
+            "--model",
+            "mlp",
+            "--data",
+            "digits",
+            "--steps",
+            "4",
+            "--every",
+            "2",
+            "--lanczos-steps",
+            "6",
+            "--top-k",
+            "2",
+            "--out",
+            str(run),
+            "--name",
+            "tiny",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     ds = open_run(run)
     assert list(ds.step.values) == [0, 2, 4]

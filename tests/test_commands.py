@@ -24,8 +24,9 @@ MIB = 2**20
 @pytest.fixture(scope="module")
 def imagenet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 classes x 2 random 36 px JPEGs in ImageNet layout."""
-    return image_folder(tmp_path_factory.mktemp("imagenet") / "train", classes=2,
-                        per_class=2, size=36)
+    return image_folder(
+        tmp_path_factory.mktemp("imagenet") / "train", classes=2, per_class=2, size=36
+    )
 
 
 def _save(model: torch.nn.Module, path: Path, wrap: bool = False) -> Path:
@@ -43,13 +44,27 @@ def _spectrum(*options: str) -> int:
     return cli.main(["spectrum", "--no-progress", "--top-k", "1", "--steps", "2", *options])
 
 
-def test_resnet18_on_imagenet_folder(imagenet_dir: Path, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_resnet18_on_imagenet_folder(
+    imagenet_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     weights = _save(_torchvision("resnet18", 0), tmp_path / "resnet18.pt")
     out = tmp_path / "run.nc"
-    rc = _spectrum("--model", "resnet18", "--weights", str(weights), "--data",
-                   f"imagenet:{imagenet_dir}", "--image-size", "32", "--batch-size", "3",
-                   "--basis", "auto", "--out", str(out))
+    rc = _spectrum(
+        "--model",
+        "resnet18",
+        "--weights",
+        str(weights),
+        "--data",
+        f"imagenet:{imagenet_dir}",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "3",
+        "--basis",
+        "auto",
+        "--out",
+        str(out),
+    )
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "11,689,512 parameters" in printed
@@ -62,14 +77,28 @@ def test_resnet18_on_imagenet_folder(imagenet_dir: Path, tmp_path: Path,
     assert np.isfinite(run["nodes"].values).all()
 
 
-def test_checkpoints_resume_without_recomputing(imagenet_dir: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoints_resume_without_recomputing(
+    imagenet_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for step, seed in ((10, 0), (20, 1)):
         _save(_torchvision("squeezenet1_1", seed), tmp_path / f"ckpt_{step}.pt", wrap=True)
     out = tmp_path / "run.nc"
-    args = ("--model", "squeezenet1_1", "--checkpoints", str(tmp_path / "ckpt_*.pt"), "--data",
-            f"imagenet:{imagenet_dir}", "--image-size", "32", "--batch-size", "4",
-            "--subset-per-class", "1", "--out", str(out))
+    args = (
+        "--model",
+        "squeezenet1_1",
+        "--checkpoints",
+        str(tmp_path / "ckpt_*.pt"),
+        "--data",
+        f"imagenet:{imagenet_dir}",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--subset-per-class",
+        "1",
+        "--out",
+        str(out),
+    )
     assert _spectrum(*args) == 0
     first = open_run(out)
     assert first["step"].values.tolist() == [10, 20]
@@ -82,8 +111,9 @@ def test_checkpoints_resume_without_recomputing(imagenet_dir: Path, tmp_path: Pa
     assert "1 of 3 checkpoint(s) to compute" in printed
     second = open_run(out)
     assert second["step"].values.tolist() == [10, 20, 30]
-    np.testing.assert_array_equal(second["nodes"].sel(step=[10, 20]).values,
-                                  first["nodes"].values)  # finished ones were not redone
+    np.testing.assert_array_equal(
+        second["nodes"].sel(step=[10, 20]).values, first["nodes"].values
+    )  # finished ones were not redone
 
 
 def _tiny_memory(monkeypatch: pytest.MonkeyPatch, ram: int, disk: int) -> None:
@@ -91,14 +121,29 @@ def _tiny_memory(monkeypatch: pytest.MonkeyPatch, ram: int, disk: int) -> None:
     monkeypatch.setattr(commands, "_free_disk", lambda folder: disk)
 
 
-def test_memory_refusal_names_the_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_memory_refusal_names_the_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _tiny_memory(monkeypatch, ram=64 * MIB, disk=10 * 2**30)
     weights = _save(_torchvision("resnet18", 0), tmp_path / "w.pt")
     # no data at that path: the refusal must come before anything is loaded
-    rc = cli.main(["spectrum", "--model", "resnet18", "--weights", str(weights), "--data",
-                   f"imagenet:{tmp_path / 'missing'}", "--steps", "90", "--basis", "cpu",
-                   "--out", str(tmp_path / "run.nc")])
+    rc = cli.main(
+        [
+            "spectrum",
+            "--model",
+            "resnet18",
+            "--weights",
+            str(weights),
+            "--data",
+            f"imagenet:{tmp_path / 'missing'}",
+            "--steps",
+            "90",
+            "--basis",
+            "cpu",
+            "--out",
+            str(tmp_path / "run.nc"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "does not fit in memory" in err
@@ -107,8 +152,7 @@ def test_memory_refusal_names_the_options(tmp_path: Path, monkeypatch: pytest.Mo
     assert not (tmp_path / "run.nc").exists()
 
 
-def test_auto_placement_falls_back_to_mmap_then_refuses(monkeypatch: pytest.MonkeyPatch
-                                                        ) -> None:
+def test_auto_placement_falls_back_to_mmap_then_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
     _tiny_memory(monkeypatch, ram=2**30, disk=10 * 2**30)
     plan = commands.plan_memory(1_000_000, 90, 1, 10, "auto", cpu, processes=2)
@@ -121,8 +165,7 @@ def test_auto_placement_falls_back_to_mmap_then_refuses(monkeypatch: pytest.Monk
         commands.plan_memory(1_000_000, 90, 1, 10, "auto", cpu)
 
 
-def test_gpu_placement_accounts_for_processes_per_machine(monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
+def test_gpu_placement_accounts_for_processes_per_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     gpu = torch.device("cuda", 0)  # only sizes are computed: no GPU needed
     free = {"device": 4 * 2**30, "cpu": 64 * 2**30}
     monkeypatch.setattr(commands, "available_bytes", lambda where, device=None: free[where])
@@ -172,13 +215,40 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
     """``torchrun -m hessnb spectrum`` over 2 gloo processes writes the one-process run."""
     torch.manual_seed(0)
     _save(models.build("mlp"), tmp_path / "mlp_1.pt")
-    args = ["spectrum", "--model", "mlp", "--checkpoints", str(tmp_path / "mlp_*.pt"),
-            "--steps", "6", "--top-k", "2", "--batch-size", "500", "--no-progress"]
+    args = [
+        "spectrum",
+        "--model",
+        "mlp",
+        "--checkpoints",
+        str(tmp_path / "mlp_*.pt"),
+        "--steps",
+        "6",
+        "--top-k",
+        "2",
+        "--batch-size",
+        "500",
+        "--no-progress",
+    ]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         "-m", "hessnb", *args, "--out", str(tmp_path / "two.nc")],
-        env=env, capture_output=True, text=True, timeout=180, check=False)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "hessnb",
+            *args,
+            "--out",
+            str(tmp_path / "two.nc"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "x 2 processes" in done.stdout and "1,797 images in 2 shards" in done.stdout
     assert done.stdout.count("written to") == 1  # rank 0 alone prints (and writes)
@@ -186,5 +256,4 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
     one, two = open_run(tmp_path / "one.nc"), open_run(tmp_path / "two.nc")
     assert two.attrs["n_examples"] == one.attrs["n_examples"] == 1797
     # float32 HVPs summed in another order: agreement to float32 rounding
-    np.testing.assert_allclose(two["nodes"].values, one["nodes"].values, rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(two["nodes"].values, one["nodes"].values, rtol=1e-5, atol=1e-6)

@@ -31,8 +31,9 @@ TIMEOUT_S = 120
 def _problem() -> tuple[nn.Module, TensorDataset]:
     """A float64 CNN with batch norm (eval mode) and 101 random 1x5x5 images, 4 classes."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(),
-                          nn.Linear(27, 4)).double()
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(), nn.Linear(27, 4)
+    ).double()
     model[1].running_mean.uniform_(-0.5, 0.5)
     model[1].running_var.uniform_(0.5, 2.0)
     generator = torch.Generator().manual_seed(1)
@@ -58,25 +59,55 @@ def _compute(out_dir: Path) -> dict[str, Any]:
         op = HessianOperator(model, F.cross_entropy, batches)
         est = estimate(op, STEPS, PROBES, seed=3, top_k=3, progress=False)
         loss, gradient = op.loss_and_gradient()
-        tracker = Tracker(model, F.cross_entropy, batches, out_dir / "run.nc", every=[0],
-                          lanczos_steps=STEPS, probes=PROBES, top_k=3, seed=3, progress=False)
+        tracker = Tracker(
+            model,
+            F.cross_entropy,
+            batches,
+            out_dir / "run.nc",
+            every=[0],
+            lanczos_steps=STEPS,
+            probes=PROBES,
+            top_k=3,
+            seed=3,
+            progress=False,
+        )
         tracker.record(0)
-        resumed = Tracker(model, F.cross_entropy, batches, out_dir / "run.nc", every=[0],
-                          lanczos_steps=STEPS, probes=PROBES, top_k=3, seed=3, progress=False)
+        resumed = Tracker(
+            model,
+            F.cross_entropy,
+            batches,
+            out_dir / "run.nc",
+            every=[0],
+            lanczos_steps=STEPS,
+            probes=PROBES,
+            top_k=3,
+            seed=3,
+            progress=False,
+        )
     finally:
         tracking.write_run = original
     return {
-        "shard": len(part), "n_examples": op.n_examples, "nodes": est.nodes,
-        "weights": est.weights, "loss": loss, "gradient": gradient,
-        "tracked_nodes": tracker.dataset["nodes"].values, "writes": len(writes),
+        "shard": len(part),
+        "n_examples": op.n_examples,
+        "nodes": est.nodes,
+        "weights": est.weights,
+        "loss": loss,
+        "gradient": gradient,
+        "tracked_nodes": tracker.dataset["nodes"].values,
+        "writes": len(writes),
         "resumed_steps": resumed.steps,
     }
 
 
 def _worker(index: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=index,
-                            world_size=world, timeout=timedelta(seconds=TIMEOUT_S))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=index,
+        world_size=world,
+        timeout=timedelta(seconds=TIMEOUT_S),
+    )
     try:
         result = _compute(Path(out_dir))
         torch.save(result, Path(out_dir) / f"rank{index}.pt")
@@ -94,8 +125,13 @@ def _spawn(world: int, out_dir: Path) -> list[dict[str, Any]]:
     # fork (where available) skips re-importing torch in every child: seconds each; the
     # workers use one CPU thread and no CUDA, which is what makes forking safe.
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    context = mp.start_processes(_worker, args=(world, _free_port(), str(out_dir)),
-                                 nprocs=world, join=False, start_method=method)
+    context = mp.start_processes(
+        _worker,
+        args=(world, _free_port(), str(out_dir)),
+        nprocs=world,
+        join=False,
+        start_method=method,
+    )
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while not context.join(timeout=max(1.0, deadline - time.monotonic())):
@@ -116,8 +152,9 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
-def test_gloo_ranks_match_one_process(world: int, single: dict[str, Any], tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gloo_ranks_match_one_process(
+    world: int, single: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback only
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     results = _spawn(world, tmp_path)
@@ -167,9 +204,12 @@ def test_single_process_defaults() -> None:
     assert distributed.from_main(lambda: 5) == 5
     assert not distributed.init_from_env()  # no WORLD_SIZE: nothing to start
     with pytest.raises(ValueError, match="not initialised"):
-        HessianOperator(*_problem()[:1], F.cross_entropy, [(torch.zeros(2, 1, 5, 5,
-                        dtype=torch.float64), torch.zeros(2, dtype=torch.int64))],
-                        distributed=True)
+        HessianOperator(
+            *_problem()[:1],
+            F.cross_entropy,
+            [(torch.zeros(2, 1, 5, 5, dtype=torch.float64), torch.zeros(2, dtype=torch.int64))],
+            distributed=True,
+        )
 
 
 def test_from_main_propagates_errors() -> None:

@@ -13,8 +13,9 @@ def test_projection_statistics_closed_form():
     fraction, overlaps, norm = projection_statistics(vectors, torch.tensor(g))
     expected = (q[:, :4].T @ g) ** 2 / (g @ g)
     np.testing.assert_allclose(overlaps, expected, rtol=1e-12)
-    np.testing.assert_allclose(fraction, np.linalg.norm(q[:, :4] @ (q[:, :4].T @ g)) ** 2 / (g @ g),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        fraction, np.linalg.norm(q[:, :4] @ (q[:, :4].T @ g)) ** 2 / (g @ g), rtol=1e-12
+    )
     assert norm == pytest.approx(np.linalg.norm(g), rel=1e-12)
 
 

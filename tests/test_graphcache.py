@@ -6,8 +6,9 @@ import hessnb
 
 def make_operator(tiny_network, tiny_batches, cache, kind="cnn", batchnorm=True):
     model = tiny_network(kind, batchnorm)
-    return model, hessnb.HessianOperator(model, F.cross_entropy, tiny_batches(kind),
-                                         bn_mode="train", graph_cache=cache)
+    return model, hessnb.HessianOperator(
+        model, F.cross_entropy, tiny_batches(kind), bn_mode="train", graph_cache=cache
+    )
 
 
 def test_cached_products_equal_fresh_ones(tiny_network, tiny_batches):
@@ -17,11 +18,9 @@ def test_cached_products_equal_fresh_ones(tiny_network, tiny_batches):
     expected = fresh.matmat(vectors)
     with cached.reuse_graphs():
         for _ in range(3):  # first pass fills the cache, later passes reuse it
-            torch.testing.assert_close(cached.matmat(vectors), expected, rtol=1e-12,
-                                       atol=1e-14)
+            torch.testing.assert_close(cached.matmat(vectors), expected, rtol=1e-12, atol=1e-14)
         assert cached._cache.valid(cached._state) and len(cached._cache.entries) == 3
-        torch.testing.assert_close(cached.gradient(), fresh.gradient(), rtol=1e-12,
-                                   atol=1e-14)
+        torch.testing.assert_close(cached.gradient(), fresh.gradient(), rtol=1e-12, atol=1e-14)
         assert cached.evaluate() == fresh.evaluate()
     assert not cached._cache.entries  # released on leaving the block
 
@@ -63,8 +62,11 @@ def test_auto_cache_only_for_in_memory_batches(tiny_network, tiny_batches):
     batches = tiny_batches("mlp")
     assert hessnb.HessianOperator(model, F.cross_entropy, batches)._cache is not None
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(torch.cat([x for x, _ in batches]),
-                                       torch.cat([y for _, y in batches])), batch_size=10)
+        torch.utils.data.TensorDataset(
+            torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+        ),
+        batch_size=10,
+    )
     assert hessnb.HessianOperator(model, F.cross_entropy, loader)._cache is None
 
 
@@ -72,5 +74,9 @@ def test_bad_cache_setting(tiny_network, tiny_batches):
     import pytest
 
     with pytest.raises(ValueError, match="graph_cache"):
-        hessnb.HessianOperator(tiny_network("mlp", False), F.cross_entropy,
-                               tiny_batches("mlp"), graph_cache="sometimes")
+        hessnb.HessianOperator(
+            tiny_network("mlp", False),
+            F.cross_entropy,
+            tiny_batches("mlp"),
+            graph_cache="sometimes",
+        )

@@ -34,8 +34,20 @@ SHIPPED = NOTEBOOK_DIR / "data"
 DOCUMENTED = "hessnb demo --quick --no-report --out notebooks/data"
 SHIPPED_RUNS = ("no-bn.nc", "bn.nc")
 #: Attributes that define how a run was made (values compared exactly, as text).
-SETTINGS = ("lanczos_steps", "probes", "top_k", "seed", "bn_mode", "n_params", "schedule",
-            "n_examples", "model", "has_batchnorm", "dtype", "run")
+SETTINGS = (
+    "lanczos_steps",
+    "probes",
+    "top_k",
+    "seed",
+    "bn_mode",
+    "n_params",
+    "schedule",
+    "n_examples",
+    "model",
+    "has_batchnorm",
+    "dtype",
+    "run",
+)
 CELL_TIMEOUT = 900  # seconds; the slowest cell (02's training) takes about a minute
 
 
@@ -53,10 +65,12 @@ def test_committed_notebook_has_no_outputs(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3", (
-        "a kernelspec in the metadata keeps JupyterLab from asking for a kernel")
+        "a kernelspec in the metadata keeps JupyterLab from asking for a kernel"
+    )
     assert "widgets" not in nb.metadata, "saved widget state: clear outputs before committing"
     dirty = [
-        i for i, cell in enumerate(nb.cells)
+        i
+        for i, cell in enumerate(nb.cells)
         if cell.cell_type == "code"
         and (cell.outputs or cell.execution_count is not None or "execution" in cell.metadata)
     ]
@@ -83,29 +97,35 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     from nbclient.exceptions import CellExecutionError
 
     work = tmp_path / "notebooks"
-    shutil.copytree(NOTEBOOK_DIR, work,
-                    ignore=shutil.ignore_patterns("runs", ".ipynb_checkpoints", "*.nc.tmp"))
+    shutil.copytree(
+        NOTEBOOK_DIR, work, ignore=shutil.ignore_patterns("runs", ".ipynb_checkpoints", "*.nc.tmp")
+    )
     before = sorted(p.relative_to(NOTEBOOK_DIR) for p in NOTEBOOK_DIR.rglob("*"))
     # the kernel inherits this environment
     monkeypatch.setenv("HESSNB_QUICK", "1")
     monkeypatch.setenv("HESSNB_NB_DATA", "digits")
     monkeypatch.setenv("HESSNB_CIFAR_ROOT", str(tmp_path / "cifar10"))
     monkeypatch.delenv("HESSNB_IMAGENET", raising=False)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    )
     nb = nbformat.read(work / path.name, as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                            resources={"metadata": {"path": str(work)}})
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+    )
     started = time.perf_counter()
     try:
         client.execute()
     except CellExecutionError as exc:
         pytest.fail(f"{path.name}: a cell failed:\n{exc}", pytrace=False)
     finally:
-        print(f"{path.name}: {time.perf_counter() - started:.0f} s, load average "
-              f"{os.getloadavg()[0]:.1f}")
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]
+        print(
+            f"{path.name}: {time.perf_counter() - started:.0f} s, load average "
+            f"{os.getloadavg()[0]:.1f}"
+        )
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert not errors
     after = sorted(p.relative_to(NOTEBOOK_DIR) for p in NOTEBOOK_DIR.rglob("*"))
     assert after == before, "the notebook wrote into the repository's notebooks/ folder"
@@ -129,10 +149,12 @@ def test_shipped_runs_are_reproduced_by_their_command(tmp_path: Path) -> None:
         shipped, fresh = open_run(SHIPPED / name), open_run(tmp_path / name)
         assert _schema(fresh) == _schema(shipped), (
             f"{name}: the schema changed; regenerate with `{DOCUMENTED}` "
-            "(see notebooks/data/README.md)")
+            "(see notebooks/data/README.md)"
+        )
         assert fresh["step"].values.tolist() == shipped["step"].values.tolist(), name
         assert dict(fresh.sizes) == dict(shipped.sizes), name
         for key in SETTINGS:
             assert str(fresh.attrs.get(key)) == str(shipped.attrs.get(key)), (
                 f"{name}: attribute {key} differs ({fresh.attrs.get(key)!r} now, "
-                f"{shipped.attrs.get(key)!r} shipped); regenerate with `{DOCUMENTED}`")
+                f"{shipped.attrs.get(key)!r} shipped); regenerate with `{DOCUMENTED}`"
+            )

@@ -49,8 +49,9 @@ def quadratic_problem(n: int = 12, seed: int = 0):
 
 def test_gradient_statistics_match_closed_form_on_a_quadratic(tmp_path):
     model, loss_fn, batches, a, center = quadratic_problem()
-    tracker = Tracker(model, loss_fn, batches, tmp_path / "q.nc", lanczos_steps=12, top_k=3,
-                      progress=False)
+    tracker = Tracker(
+        model, loss_fn, batches, tmp_path / "q.nc", lanczos_steps=12, top_k=3, progress=False
+    )
     rec = tracker.record(0)
     eigenvalues, eigenvectors = np.linalg.eigh(a.numpy())
     top = eigenvectors[:, ::-1][:, :3]
@@ -60,15 +61,17 @@ def test_gradient_statistics_match_closed_form_on_a_quadratic(tmp_path):
     np.testing.assert_allclose(rec.grad_overlap, overlaps, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(float(rec.grad_fraction), overlaps.sum(), rtol=1e-8)
     hg = a.numpy() @ g
-    np.testing.assert_allclose(float(rec.grad_hg_cosine),
-                               g @ hg / np.linalg.norm(g) / np.linalg.norm(hg), rtol=1e-10)
+    np.testing.assert_allclose(
+        float(rec.grad_hg_cosine), g @ hg / np.linalg.norm(g) / np.linalg.norm(hg), rtol=1e-10
+    )
     np.testing.assert_allclose(float(rec.grad_norm), np.linalg.norm(g), rtol=1e-12)
 
 
 def test_update_direction_statistics(tmp_path):
     model, loss_fn, batches, a, _ = quadratic_problem()
-    tracker = Tracker(model, loss_fn, batches, tmp_path / "q.nc", lanczos_steps=12, top_k=3,
-                      progress=False)
+    tracker = Tracker(
+        model, loss_fn, batches, tmp_path / "q.nc", lanczos_steps=12, top_k=3, progress=False
+    )
     eigenvectors = np.linalg.eigh(a.numpy())[1][:, ::-1]
     update = torch.tensor(eigenvectors[:, 0] + eigenvectors[:, 5])  # half in the top space
     rec = tracker.record(0, update=update)
@@ -112,9 +115,12 @@ def test_tracked_run_round_trips_and_matches_direct_spectra(tmp_path):
         op = hessnb.HessianOperator(snapshot, F.cross_entropy, batches)
         direct = hessnb.spectrum(op, lanczos_steps=10, probes=2, top_k=3, progress=False)
         np.testing.assert_allclose(ds.nodes.sel(step=step), direct.nodes, rtol=1e-9, atol=1e-9)
-        np.testing.assert_allclose(density.sel(step=step),
-                                   direct.hess.density(sigma=sigma, grid=grid), rtol=1e-7,
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            density.sel(step=step),
+            direct.hess.density(sigma=sigma, grid=grid),
+            rtol=1e-7,
+            atol=1e-9,
+        )
         assert float(ds.loss.sel(step=step)) == pytest.approx(op.evaluate()["loss"], rel=1e-6)
 
 
@@ -184,7 +190,9 @@ def _run_worker(run_file: Path, ckpt: Path, kill_after: int | None, delay: float
     """Start the worker; SIGKILL it ``delay`` s after its ``kill_after``-th record."""
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "tracked_worker.py"), str(run_file), str(ckpt)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     finished = []
     try:

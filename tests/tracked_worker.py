@@ -21,8 +21,16 @@ def main(run_file: str, checkpoint_dir: str) -> None:
     dataset = data.digits(images=False, size=300)
     torch.manual_seed(0)
     model = models.mlp(hidden=(8,))
-    tracker = Tracker(model, F.cross_entropy, data.fixed_batches(dataset, 128), run_file,
-                      every=EVERY, lanczos_steps=12, top_k=3, progress=False)
+    tracker = Tracker(
+        model,
+        F.cross_entropy,
+        data.fixed_batches(dataset, 128),
+        run_file,
+        every=EVERY,
+        lanczos_steps=12,
+        top_k=3,
+        progress=False,
+    )
     record = tracker.record
 
     def announce(step: int, **scalars: float):
@@ -31,8 +39,16 @@ def main(run_file: str, checkpoint_dir: str) -> None:
         return result
 
     tracker.record = announce
-    train(model, dataset, steps=STEPS, batch_size=32, lr=0.1, tracker=tracker,
-          checkpoint_dir=checkpoint_dir, progress=False)
+    train(
+        model,
+        dataset,
+        steps=STEPS,
+        batch_size=32,
+        lr=0.1,
+        tracker=tracker,
+        checkpoint_dir=checkpoint_dir,
+        progress=False,
+    )
     print("done", flush=True)
 
 
