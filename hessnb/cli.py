@@ -42,6 +42,7 @@ def _track(args: argparse.Namespace) -> int:
     from torch.nn import functional as F
 
     from hessnb import data, models
+    from hessnb.commands import slq_options
     from hessnb.schedule import make_schedule
     from hessnb.tracking import Tracker
     from hessnb.training import train
@@ -60,11 +61,7 @@ def _track(args: argparse.Namespace) -> int:
         data.fixed_batches(dataset, args.batch_size),
         args.out,
         every=make_schedule(every),
-        lanczos_steps=args.lanczos_steps,
-        probes=args.probes,
-        top_k=args.top_k,
-        bn_mode=args.bn_mode,
-        seed=args.seed,
+        **slq_options(args),
         name=args.name,
         progress=not args.no_progress,
     )

@@ -120,6 +120,17 @@ def add_spectrum_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="run.nc", help="run file to write or resume")
 
 
+def slq_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Tracker settings shared by every command (``--lanczos-steps`` and friends)."""
+    return {
+        "lanczos_steps": args.lanczos_steps,
+        "probes": args.probes,
+        "top_k": args.top_k,
+        "bn_mode": args.bn_mode,
+        "seed": args.seed,
+    }
+
+
 def checkpoint_steps(pattern: str) -> list[tuple[int, Path]]:
     """Checkpoints matching ``pattern`` with their steps, sorted by step."""
     paths = sorted(Path(p) for p in glob.glob(pattern))
@@ -505,11 +516,7 @@ def _run(args: argparse.Namespace) -> int:
         metered,
         args.out,
         every=[s for s, _ in items],
-        lanczos_steps=args.lanczos_steps,
-        probes=args.probes,
-        top_k=args.top_k,
-        bn_mode=args.bn_mode,
-        seed=args.seed,
+        **slq_options(args),
         basis=plan.placement,
         transfer=True,
         progress=False,

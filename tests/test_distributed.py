@@ -59,31 +59,24 @@ def _compute(out_dir: Path) -> dict[str, Any]:
         op = HessianOperator(model, F.cross_entropy, batches)
         est = estimate(op, STEPS, PROBES, seed=3, top_k=3, progress=False)
         loss, gradient = op.loss_and_gradient()
-        tracker = Tracker(
-            model,
-            F.cross_entropy,
-            batches,
-            out_dir / "run.nc",
-            every=[0],
-            lanczos_steps=STEPS,
-            probes=PROBES,
-            top_k=3,
-            seed=3,
-            progress=False,
-        )
+
+        def open_tracker() -> Tracker:
+            return Tracker(
+                model,
+                F.cross_entropy,
+                batches,
+                out_dir / "run.nc",
+                every=[0],
+                lanczos_steps=STEPS,
+                probes=PROBES,
+                top_k=3,
+                seed=3,
+                progress=False,
+            )
+
+        tracker = open_tracker()
         tracker.record(0)
-        resumed = Tracker(
-            model,
-            F.cross_entropy,
-            batches,
-            out_dir / "run.nc",
-            every=[0],
-            lanczos_steps=STEPS,
-            probes=PROBES,
-            top_k=3,
-            seed=3,
-            progress=False,
-        )
+        resumed = open_tracker()
     finally:
         tracking.write_run = original
     return {
