@@ -1,59 +1,74 @@
 """hessnb: Hessian eigenvalue densities of neural networks through training.
 
 Stochastic Lanczos quadrature (float64, full re-orthogonalisation) over a whole dataset,
-results as xarray datasets indexed by training step, and Jupyter views.
+results as xarray datasets indexed by training step, and Jupyter views. The views
+(``hessnb.viz``, ``hessnb.explore``) and the reference models and data
+(``hessnb.reference``) are imported when first used.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-from hessnb import accessor as _accessor  # noqa: F401  (registers ds.hess)
+from hessnb import accessor as accessor  # registers the ds.hess accessor
 from hessnb.errors import HessnbError, NonDeterministicError, NonFiniteError, RunFileError
-from hessnb.lanczos import LanczosResult, lanczos, lanczos_block
-from hessnb.operators import HessianOperator
-from hessnb.quadrature import tridiagonal_to_quadrature, wasserstein_bound
+from hessnb.hessian import HessianOperator
+from hessnb.linalg import (
+    LanczosResult,
+    MatrixOperator,
+    lanczos,
+    lanczos_block,
+    tridiagonal_to_quadrature,
+    wasserstein_bound,
+    wasserstein_distance,
+)
 from hessnb.runfile import combine_runs, open_run
-from hessnb.schedule import make_schedule
-from hessnb.spectrum import MatrixOperator, estimate, spectrum
-from hessnb.tracking import Tracker
-from hessnb.training import train
+from hessnb.settings import SLQSettings
+from hessnb.slq import estimate, spectrum
+from hessnb.tracking import Tracker, make_schedule
+from hessnb.version import __version__
+
+_LAZY = {
+    "viz": ("hessnb.viz", None),
+    "explore": ("hessnb.viz", "explore"),
+    "Explorer": ("hessnb.viz", "Explorer"),
+    "reference": ("hessnb.reference", None),
+}
 
 
-def __getattr__(name: str):  # lazy: the views pull in altair and ipywidgets
-    if name in ("explore", "Explorer", "viz"):
-        import importlib
-
-        viz = importlib.import_module("hessnb.viz")
-        return viz if name == "viz" else getattr(viz, name)
-    raise AttributeError(f"module 'hessnb' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    """Views and reference code on first use (they import altair, ipywidgets, sklearn)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hessnb' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    return module if attribute is None else getattr(module, attribute)
 
 
 __all__ = [
-    # errors
-    "HessnbError",
-    # operators
+    "Explorer",
     "HessianOperator",
-    # linear algebra
+    "HessnbError",
     "LanczosResult",
     "MatrixOperator",
     "NonDeterministicError",
     "NonFiniteError",
     "RunFileError",
-    "__version__",
-    # tracking
+    "SLQSettings",
     "Tracker",
-    # estimation
+    "__version__",
     "combine_runs",
     "estimate",
     "explore",
-    "Explorer",
     "lanczos",
     "lanczos_block",
     "make_schedule",
     "open_run",
+    "reference",
     "spectrum",
-    "train",
     "tridiagonal_to_quadrature",
+    "viz",
     "wasserstein_bound",
+    "wasserstein_distance",
 ]

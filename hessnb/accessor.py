@@ -11,19 +11,20 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from hessnb.quadrature import (
+from hessnb.linalg.quadrature import (
     GRID_POINTS,
+    check_sigma,
     default_grid,
     default_sigma,
     gaussian_density,
     log_gaussian_density,
     moments,
 )
+from hessnb.schema import QUADRATURE, require
 
 __all__ = ["HessAccessor"]
 
 GRID_DIM = "eigenvalue"
-REQUIRED = ("nodes", "weights")
 
 
 def _probe_mean(values: np.ndarray, weights_present: np.ndarray) -> np.ndarray:
@@ -50,12 +51,7 @@ class HessAccessor:
 
     # ------------------------------------------------------------------ helpers
     def _quadrature(self) -> tuple[xr.DataArray, xr.DataArray]:
-        missing = [v for v in REQUIRED if v not in self._ds]
-        if missing:
-            raise ValueError(
-                f"dataset has no {', '.join(missing)}: ds.hess needs the quadrature nodes and "
-                "weights written by hessnb.spectrum or hessnb.Tracker"
-            )
+        require(self._ds, QUADRATURE, "ds.hess")
         nodes, weights = self._ds["nodes"], self._ds["weights"]
         if nodes.size == 0:
             raise ValueError("dataset holds no spectra (it is empty); record a step first")
@@ -66,9 +62,7 @@ class HessAccessor:
     def _grid(
         self, nodes: np.ndarray, sigma: float | None, grid: np.ndarray | int | None
     ) -> tuple[float, np.ndarray]:
-        sigma = default_sigma(nodes) if sigma is None else float(sigma)
-        if sigma <= 0 or not np.isfinite(sigma):
-            raise ValueError(f"sigma must be a positive number, got {sigma}")
+        sigma = default_sigma(nodes) if sigma is None else check_sigma(sigma)
         if grid is None or isinstance(grid, (int, np.integer)):
             points = GRID_POINTS if grid is None else int(grid)
             if points < 2:
@@ -203,9 +197,7 @@ class HessAccessor:
     # ------------------------------------------------------------------ summaries
     def top(self, k: int | None = None) -> xr.DataArray:
         """The top ``k`` Ritz values (all stored when ``k`` is None), dims (..., k)."""
-        if "top_eigenvalues" not in self._ds:
-            raise ValueError("dataset has no top_eigenvalues; it was not written by hessnb")
-        top = self._ds["top_eigenvalues"]
+        top = require(self._ds, ["top_eigenvalues"], "ds.hess.top")["top_eigenvalues"]
         if k is None:
             return top
         if not 1 <= k <= top.sizes["k"]:
@@ -233,8 +225,7 @@ class HessAccessor:
 
     def w1_bound(self) -> xr.DataArray:
         """A-priori Wasserstein-1 bound in eigenvalue units: ``t * (theta_max - theta_min)``."""
-        if "w1_bound" not in self._ds:
-            raise ValueError("dataset has no w1_bound variable")
+        require(self._ds, ["w1_bound"], "ds.hess.w1_bound")
         nodes, _ = self._quadrature()
         spread = nodes.max(["probe", "node"]) - nodes.min(["probe", "node"])
         return (self._ds["w1_bound"] * spread).rename("w1_bound_abs")

@@ -32,7 +32,6 @@ __all__ = [
     "is_main",
     "local_world_size",
     "rank",
-    "reducer",
     "shard",
     "shard_bounds",
     "shutdown",
@@ -176,11 +175,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     work = tensor.to(torch.device("cuda", torch.cuda.current_device())) if moved else tensor
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     return work.to(tensor.device) if moved else work
-
-
-def reducer(flag: bool | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The ``_reduce`` hook of :class:`~hessnb.HessianOperator` for a ``distributed=`` flag."""
-    return all_reduce_sum if use_distributed(flag) else None
 
 
 def from_main(fn: Callable[[], T], enabled: bool = True) -> T:

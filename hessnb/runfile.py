@@ -8,7 +8,7 @@ either the previous file or the new one, never a torn one.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,19 @@ import pandas as pd
 import xarray as xr
 
 from hessnb.errors import RunFileError
+from hessnb.schema import RUN_FILE, SETTINGS, require
 
-__all__ = ["SETTINGS", "check_compatible", "combine_runs", "open_run", "write_run"]
+__all__ = [
+    "append_record",
+    "atomic_write",
+    "check_compatible",
+    "combine_runs",
+    "open_run",
+    "stale_temporaries",
+    "write_run",
+]
 
 ENGINE = "h5netcdf"
-#: Attributes that must agree between a run file and a tracker resuming it.
-SETTINGS = ("n_params", "lanczos_steps", "probes", "top_k", "seed", "bn_mode")
-REQUIRED_VARIABLES = ("nodes", "weights", "top_eigenvalues")
 TMP_SUFFIX = ".tmp"
 
 
@@ -62,8 +68,12 @@ def _clean_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_run(ds: xr.Dataset, path: str | os.PathLike) -> None:
-    """Write ``ds`` to ``path`` atomically (temporary file, fsync, rename).
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` and atomically rename ``tmp`` over ``path``.
+
+    The temporary file lies in the same folder; it is flushed to disk (fsync) before the
+    rename and the folder is fsync'd after it, so a crash at any moment leaves either the
+    previous file or the new one. The temporary file is removed if ``write`` fails.
 
     Raises
     ------
@@ -74,12 +84,8 @@ def write_run(ds: xr.Dataset, path: str | os.PathLike) -> None:
     if not path.parent.is_dir():
         raise ValueError(f"folder {path.parent} does not exist; create it or choose another path")
     tmp = _tmp_path(path)
-    ds = ds.copy()
-    ds.attrs = _clean_attrs(ds.attrs)
-    for var in ds.variables.values():
-        var.attrs = _clean_attrs(var.attrs)
     try:
-        ds.to_netcdf(tmp, engine=ENGINE)
+        write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -91,6 +97,38 @@ def write_run(ds: xr.Dataset, path: str | os.PathLike) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_run(ds: xr.Dataset, path: str | os.PathLike) -> None:
+    """Write ``ds`` to ``path`` as netCDF, atomically (see :func:`atomic_write`)."""
+    ds = ds.copy()
+    ds.attrs = _clean_attrs(ds.attrs)
+    for var in ds.variables.values():
+        var.attrs = _clean_attrs(var.attrs)
+    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine=ENGINE))
+
+
+def append_record(run: xr.Dataset | None, record: xr.Dataset) -> xr.Dataset:
+    """``run`` with ``record`` (dims step, ...) added along ``step``; attributes of ``record``.
+
+    Variables missing on either side are filled with NaN (e.g. ``update_*`` recorded at
+    some steps only).
+    """
+    if run is None:
+        return record
+    previous = run.copy()
+    previous.attrs = {}
+    grown = xr.concat(
+        [previous, record],
+        dim="step",
+        join="outer",
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        combine_attrs="override",
+    ).sortby("step")
+    grown.attrs = record.attrs
+    return grown
 
 
 def open_run(path: str | os.PathLike) -> xr.Dataset:
@@ -125,12 +163,10 @@ def open_run(path: str | os.PathLike) -> xr.Dataset:
             "be truncated or corrupt. Move it away (hessnb never overwrites it silently) and "
             "start a new run, or pass another path"
         ) from exc
-    missing = [v for v in REQUIRED_VARIABLES if v not in ds]
-    if missing or "step" not in ds.dims:
-        raise RunFileError(
-            f"{path} is a netCDF file but not a hessnb run (missing "
-            f"{', '.join(missing) or 'the step dimension'})"
-        )
+    try:
+        require(ds, RUN_FILE, "a run file", dims=("step",))
+    except ValueError as exc:
+        raise RunFileError(f"{path} is a netCDF file but not a hessnb run: {exc}") from None
     return ds
 
 

@@ -21,8 +21,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from hessnb import HessianOperator, Tracker, distributed, estimate, open_run, tracking
-from hessnb.data import fixed_batches
+from hessnb import HessianOperator, SLQSettings, Tracker, distributed, estimate, open_run
+from hessnb.reference.data import fixed_batches
+from hessnb.tracking import tracker as tracker_module
 
 N_EXAMPLES, BATCH, STEPS, PROBES = 101, 8, 20, 2
 TIMEOUT_S = 120
@@ -45,20 +46,21 @@ def _problem() -> tuple[nn.Module, TensorDataset]:
 def _compute(out_dir: Path) -> dict[str, Any]:
     """Spectrum, gradient and a tracked step on this rank's shard."""
     writes = []
-    original = tracking.write_run
+    original = tracker_module.write_run
 
     def counting_write(ds: Any, path: Any) -> None:
         writes.append(str(path))
         original(ds, path)
 
-    tracking.write_run = counting_write  # count which ranks write the run file
+    tracker_module.write_run = counting_write  # count which ranks write the run file
     try:
         model, dataset = _problem()
         part = distributed.shard(dataset)
         batches = fixed_batches(part, BATCH)
         op = HessianOperator(model, F.cross_entropy, batches)
-        est = estimate(op, STEPS, PROBES, seed=3, top_k=3, progress=False)
-        loss, gradient = op.loss_and_gradient()
+        est = estimate(op, SLQSettings(lanczos_steps=STEPS, probes=PROBES, top_k=3, seed=3))
+        evaluation = op.evaluate(gradient=True)
+        loss, gradient = evaluation["loss"], evaluation["gradient"]
 
         def open_tracker() -> Tracker:
             return Tracker(
@@ -78,7 +80,7 @@ def _compute(out_dir: Path) -> dict[str, Any]:
         tracker.record(0)
         resumed = open_tracker()
     finally:
-        tracking.write_run = original
+        tracker_module.write_run = original
     return {
         "shard": len(part),
         "n_examples": op.n_examples,
@@ -191,7 +193,7 @@ def test_shard_refuses_empty_shards_and_bad_ranks() -> None:
 
 def test_single_process_defaults() -> None:
     assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
-    assert distributed.reducer(None) is None
+    assert distributed.use_distributed(None) is False
     t = torch.ones(3)
     assert distributed.all_reduce_sum(t) is t
     assert distributed.from_main(lambda: 5) == 5
@@ -213,43 +215,7 @@ def test_from_main_propagates_errors() -> None:
         distributed.from_main(fail)
 
 
-def test_operator_reduce_hook_sums_totals() -> None:
-    """The hook sees one flat tensor per pass; doubling it keeps every mean unchanged."""
-    model, dataset = _problem()
-    batches = fixed_batches(dataset, BATCH)
-    plain = HessianOperator(model, F.cross_entropy, batches)
-    doubled = HessianOperator(model, F.cross_entropy, batches)
-    doubled._reduce = lambda flat: 2 * flat  # as if two ranks held identical shards
-    v = torch.randn(plain.n_params, dtype=torch.float64)
-    torch.testing.assert_close(doubled.matvec(v), plain.matvec(v), rtol=1e-13, atol=0)
-    assert doubled.evaluate()["loss"] == pytest.approx(plain.evaluate()["loss"], rel=1e-14)
-
-
 def test_environment_without_torchrun_is_single(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not distributed.init_from_env()
     assert distributed.local_world_size() == 1
-
-
-def test_a_failing_rank_stops_every_rank_instead_of_hanging() -> None:
-    """Ranks join the all-reduce even after a local error, with a failure flag."""
-    model, dataset = _problem()
-    batches = fixed_batches(dataset, BATCH)
-    op = HessianOperator(model, F.cross_entropy, batches)
-    calls = []
-
-    def other_rank_failed(flat: torch.Tensor) -> torch.Tensor:
-        calls.append(flat.clone())
-        flat = flat.clone()
-        flat[3] += 1.0  # the failure flag of one other rank
-        return flat
-
-    op._reduce = other_rank_failed
-    with pytest.raises(RuntimeError, match="other process"):
-        op.matvec(torch.randn(op.n_params, dtype=torch.float64))
-    calls.clear()
-    op._reduce = lambda flat: calls.append(flat.clone()) or flat
-    op.loss_fn = lambda out, y: F.cross_entropy(out, y) * float("nan")  # fails locally
-    with pytest.raises(FloatingPointError, match="loss is nan"):
-        op.evaluate()
-    assert len(calls) == 1 and calls[0][3] == 1.0  # it still told the others, then raised

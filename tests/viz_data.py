@@ -1,4 +1,4 @@
-"""Synthetic tracked-run datasets for the view tests (until hessnb.Tracker writes real ones).
+"""Synthetic run datasets for the view tests, with the tracker's schema and chosen steps.
 
 Each step's spectrum is a real SLQ estimate (``hessnb.spectrum``) of a small symmetric
 matrix: a bulk near zero plus ``outliers`` eigenvalues that grow with the step, so the

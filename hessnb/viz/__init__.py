@@ -1,35 +1,70 @@
 """Views of Hessian spectra: altair charts, an ipywidgets explorer, HTML reports.
 
 Views never compute spectra: they read run datasets (``hessnb.open_run``) and derive
-densities through ``ds.hess``.
+densities through ``ds.hess``. Importing this package imports neither altair nor any
+Jupyter module: each name below loads its module on first use, and only the explorer
+(:func:`explore`, :class:`Explorer`) imports ipywidgets.
 """
 
 from __future__ import annotations
 
-from hessnb.viz.charts import (
-    density_chart,
-    density_heatmap,
-    gradient_chart,
-    step_slider,
-    top_eigenvalues_chart,
-)
-from hessnb.viz.explorer import Explorer, explore
-from hessnb.viz.export import save, to_html
-from hessnb.viz.frames import Smoothing, smoothing
-from hessnb.viz.report import report_chart, write_report
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hessnb.viz.charts import (
+        density_chart,
+        density_heatmap,
+        gradient_chart,
+        step_slider,
+        top_eigenvalues_chart,
+    )
+    from hessnb.viz.explorer import Explorer, explore
+    from hessnb.viz.export import save, to_html
+    from hessnb.viz.frames import Smoothing, smoothing
+    from hessnb.viz.report import load_runs, report_chart, write_report
+
+#: Public name -> the submodule of ``hessnb.viz`` that defines it.
+_HOMES = {
+    "Explorer": "explorer",
+    "Smoothing": "frames",
+    "density_chart": "charts",
+    "density_heatmap": "charts",
+    "explore": "explorer",
+    "gradient_chart": "charts",
+    "load_runs": "report",
+    "report_chart": "report",
+    "save": "export",
+    "smoothing": "frames",
+    "step_slider": "charts",
+    "to_html": "export",
+    "top_eigenvalues_chart": "charts",
+    "write_report": "report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule defining ``name`` on first use."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'hessnb.viz' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"hessnb.viz.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
 
 __all__ = [
-    # explorer
     "Explorer",
-    # smoothing shared by views
     "Smoothing",
-    # charts
     "density_chart",
     "density_heatmap",
     "explore",
     "gradient_chart",
+    "load_runs",
     "report_chart",
-    # export
     "save",
     "smoothing",
     "step_slider",

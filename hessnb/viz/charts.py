@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from hessnb.schema import require
 from hessnb.viz import frames
 from hessnb.viz.frames import DEFAULT_POINTS, Smoothing, XScale
 
@@ -90,6 +91,18 @@ def step_slider(ds: xr.Dataset, name: str = SLIDER_NAME) -> alt.Parameter:
 
     The slider moves in steps of the greatest common divisor of the gaps between
     recorded steps; a value between two recorded steps shows the earlier one.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Run(s); the slider spans the steps recorded by any run.
+    name : str
+        Parameter name, used in the charts' filter expressions.
+
+    Returns
+    -------
+    altair.Parameter
+        Pass it as ``step`` to the chart builders; it starts at the last step.
     """
     names = frames.run_names(ds) or [None]
     steps = np.unique(
@@ -298,8 +311,13 @@ def top_eigenvalues_chart(
         Draw only the top ``k`` (default: all stored).
     log_y : bool
         Symmetric-log y axis (eigenvalues may be negative).
+
+    Returns
+    -------
+    altair chart
+        Layers: lr drops (rules), trajectories (lines), current-step marker.
     """
-    frames.require(ds, ["top_eigenvalues"], "top_eigenvalues_chart")
+    require(ds, ["top_eigenvalues"], "top_eigenvalues_chart")
 
     def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
         frame = frames.top_frame(run_ds)
@@ -342,8 +360,23 @@ def gradient_chart(
     The stacked areas are ``grad_overlap`` (share of ``||g||^2`` along each top
     eigenvector, when stored); the line is ``grad_fraction`` (their sum, the share in
     the top-k eigenspace) with a marker at the current step.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Run(s) with ``grad_fraction`` (step) and optionally ``grad_overlap`` (step, k).
+    step : int, None or slider parameter
+        Marked as the current step.
+    width, height : int
+        Size of each run's panel in pixels.
+
+    Returns
+    -------
+    altair chart
+        Layers: lr drops (rules), overlaps (stacked areas), ``grad_fraction`` (line),
+        current-step marker.
     """
-    frames.require(ds, ["grad_fraction"], "gradient_chart")
+    require(ds, ["grad_fraction"], "gradient_chart")
 
     def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
         y_scale = alt.Scale(domain=[0, 1])
@@ -403,6 +436,11 @@ def density_heatmap(
         As in :func:`density_chart` (``x_scale`` applies to the eigenvalue axis, here y).
     decades : float
         Colour range below the maximum, in powers of ten.
+
+    Returns
+    -------
+    altair chart
+        Layers: cells (rects), lr drops (rules), current-step rule.
     """
     sm = smoothing or frames.smoothing(ds, sigma, points, x_scale)
 

@@ -12,7 +12,6 @@ front-end build step is needed (JupyterLab, Notebook 7, VS Code, Binder).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ import altair as alt
 import ipywidgets as widgets
 import xarray as xr
 
+from hessnb.linalg.quadrature import check_sigma
+from hessnb.schema import QUADRATURE, require
 from hessnb.viz import charts, frames
 from hessnb.viz.frames import DEFAULT_POINTS, XScale
 
@@ -170,8 +171,7 @@ class Explorer(widgets.VBox):
                 "explore() needs a run dataset, the path of a run file, a hessnb.Tracker, "
                 f"or a function returning a dataset; got {type(source).__name__}"
             )
-        frames.require(ds, frames.SPECTRUM_VARS, "the explorer")
-        return ds
+        return require(ds, QUADRATURE, "the explorer")
 
     def _step_options(self) -> list[tuple[str, int]]:
         return [(str(s), int(s)) for s in frames.steps_of(self._run_ds)]
@@ -192,13 +192,17 @@ class Explorer(widgets.VBox):
 
     @sigma.setter
     def sigma(self, value: float) -> None:
-        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-            raise ValueError(f"sigma must be a positive number (kernel width), got {value!r}")
+        value = check_sigma(value)
         exponent = math.log10(value)
         slider = self.sigma_slider
         with slider.hold_sync():
             slider.min, slider.max = min(slider.min, exponent), max(slider.max, exponent)
-            slider.value = float(value)
+            slider.value = value
+
+    @property
+    def points(self) -> int:
+        """Grid points of the density (fixed when the explorer is made)."""
+        return self._points
 
     @property
     def log_y(self) -> bool:
@@ -304,9 +308,9 @@ class Explorer(widgets.VBox):
 
         If the last step was shown, the new last step is shown; otherwise the step stays.
         """
-        if dataset is not None:
-            frames.require(dataset, frames.SPECTRUM_VARS, "the explorer")
-        self.dataset = dataset if dataset is not None else self._load()
+        self.dataset = (
+            self._load() if dataset is None else require(dataset, QUADRATURE, "the explorer")
+        )
         self._smoothing = frames.smoothing(self.dataset, self.sigma, self._points, self._x_scale)
         self._y_max.clear()
         names = frames.run_names(self.dataset)
@@ -325,7 +329,17 @@ class Explorer(widgets.VBox):
 def explore(source: Source, **kwargs: Any) -> Explorer:
     """Open an :class:`Explorer` on a run dataset, a run file, or a dataset-returning function.
 
-    Keyword arguments are those of :class:`Explorer` (``run``, ``step``, ``sigma``,
-    ``points``, ``log_y``, ``x_scale``, ``band``, ``offline``, ``interval_ms``).
+    Parameters
+    ----------
+    source : xarray.Dataset, path, hessnb.Tracker or callable
+        As for :class:`Explorer`.
+    **kwargs
+        Keyword arguments of :class:`Explorer` (``run``, ``step``, ``sigma``, ``points``,
+        ``log_y``, ``x_scale``, ``band``, ``offline``, ``interval_ms``).
+
+    Returns
+    -------
+    Explorer
+        The widget; display it as a notebook cell's last expression.
     """
     return Explorer(source, **kwargs)

@@ -46,6 +46,11 @@ def to_html(
         HTML inserted at the top of the page body (e.g. a title and provenance).
     renderer : {"svg", "canvas"}
         Vega renderer.
+
+    Returns
+    -------
+    str
+        The whole HTML document.
     """
     import vl_convert as vlc
 

@@ -3,23 +3,26 @@
 Views never compute spectra: every density here is ``ds.hess.density`` (or
 ``density_band``) of stored quadrature nodes and weights, evaluated on one grid shared
 by every step (and run) of a view so that steps and runs can be compared point by point.
-The functions also hold the checks that turn bad input into clear errors.
+The functions also hold the checks that turn bad input into clear errors; the dataset
+contract itself is :mod:`hessnb.schema`, and kernel widths and grid ends are those of
+:mod:`hessnb.linalg.quadrature`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from hessnb import accessor as _accessor  # noqa: F401  (registers ds.hess)
-from hessnb.quadrature import default_sigma
+from hessnb import accessor  # noqa: F401  (registers ds.hess)
+from hessnb.linalg.quadrature import check_sigma, default_sigma, grid_bounds
+from hessnb.schema import QUADRATURE, require
 
 __all__ = [
     "DEFAULT_POINTS",
@@ -30,7 +33,7 @@ __all__ = [
     "heat_frame",
     "lr_drops",
     "open_path",
-    "require",
+    "resolving_sigma",
     "run_names",
     "scalar_frame",
     "select_run",
@@ -44,7 +47,8 @@ __all__ = [
 #: Grid points of a view: enough for a smooth line, few enough to ship every step as JSON.
 DEFAULT_POINTS = 600
 XScale = Literal["linear", "symlog"]
-SPECTRUM_VARS = ("nodes", "weights")
+#: Iterations of the fixed point "kernel width = one spacing of the grid it pads".
+RESOLVE_ITERATIONS = 50
 
 
 @dataclass(frozen=True)
@@ -66,33 +70,7 @@ class Smoothing:
     x_scale: str = "linear"
 
 
-# ---------------------------------------------------------------------- checks
-def require(ds: Any, variables: Iterable[str], purpose: str) -> None:
-    """Raise a clear error unless ``ds`` is a dataset holding ``variables``.
-
-    Parameters
-    ----------
-    ds : object
-        Should be an ``xarray.Dataset`` as returned by ``hessnb.open_run``.
-    variables : iterable of str
-        Variables the caller reads.
-    purpose : str
-        What they are needed for, quoted in the message.
-    """
-    if not isinstance(ds, xr.Dataset):
-        raise TypeError(
-            f"{purpose} needs an xarray.Dataset from hessnb.spectrum, hessnb.Tracker or "
-            f"hessnb.open_run, got {type(ds).__name__}"
-        )
-    missing = [v for v in variables if v not in ds]
-    if missing:
-        raise ValueError(
-            f"{purpose} needs the variable(s) {', '.join(missing)}, which this dataset lacks "
-            f"(it has: {', '.join(map(str, ds.data_vars)) or 'nothing'}); pass a dataset "
-            "written by hessnb.Tracker / hessnb.open_run"
-        )
-
-
+# ---------------------------------------------------------------------- runs and steps
 def open_path(path: str | Path) -> xr.Dataset:
     """Load a run file into memory with ``hessnb.open_run`` (the file is closed again)."""
     from hessnb.runfile import open_run
@@ -128,12 +106,18 @@ def select_run(ds: xr.Dataset, run: str | None = None) -> xr.Dataset:
     run : str, optional
         Which run; required when ``ds`` holds several.
 
+    Returns
+    -------
+    xarray.Dataset
+        Without a ``run`` dimension, with a ``step`` dimension (a single spectrum becomes
+        step 0).
+
     Raises
     ------
     ValueError
         Unknown run, or a run without any recorded step.
     """
-    require(ds, SPECTRUM_VARS, "a spectrum view")
+    require(ds, QUADRATURE, "a spectrum view")
     names = run_names(ds)
     label = run
     if names:
@@ -165,7 +149,27 @@ def steps_of(ds: xr.Dataset) -> np.ndarray:
 
 
 def check_step(ds: xr.Dataset, step: int | None) -> int:
-    """``step`` if the run recorded it (the last step when None), else a clear error."""
+    """``step`` if the run recorded it (the last step when None), else a clear error.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A single run (from :func:`select_run`).
+    step : int, optional
+        A training step.
+
+    Returns
+    -------
+    int
+        The step.
+
+    Raises
+    ------
+    TypeError
+        ``step`` is not an int.
+    ValueError
+        The run did not record ``step`` (the message names the nearest recorded step).
+    """
     steps = steps_of(ds)
     if step is None:
         return int(steps[-1])
@@ -183,7 +187,15 @@ def check_step(ds: xr.Dataset, step: int | None) -> int:
 def step_ends(steps: np.ndarray) -> np.ndarray:
     """For each step, the next recorded step (a slider value in ``[step, end)`` shows it).
 
-    The last step gets ``step + max(1, last gap)``.
+    Parameters
+    ----------
+    steps : array, shape (s,)
+        Recorded steps, increasing.
+
+    Returns
+    -------
+    array, shape (s,)
+        The following step; the last step gets ``step + max(1, last gap)``.
     """
     steps = np.asarray(steps, dtype=np.int64)
     gap = int(np.diff(steps).max()) if steps.size > 1 else 1
@@ -199,6 +211,32 @@ def _symexp(u: np.ndarray) -> np.ndarray:
     return np.sign(u) * np.expm1(np.abs(u))
 
 
+def resolving_sigma(nodes: np.ndarray, points: int) -> float:
+    """The paper's kernel width, widened to one spacing of the grid it is evaluated on.
+
+    The grid spans :func:`hessnb.linalg.quadrature.grid_bounds`, whose padding grows with
+    the width, so the width is iterated to the fixed point
+    ``sigma = max(default_sigma(nodes), (hi - lo) / (points - 1))``.
+
+    Parameters
+    ----------
+    nodes : array, any shape
+        Quadrature nodes (NaN entries are ignored; at least one must be finite).
+    points : int
+        Grid points ``g``.
+
+    Returns
+    -------
+    float
+        A width at which no isolated node's peak falls between two grid points.
+    """
+    paper = sigma = default_sigma(nodes)
+    for _ in range(RESOLVE_ITERATIONS):
+        lo, hi = grid_bounds(nodes, sigma)
+        sigma = max(paper, (hi - lo) / (points - 1))
+    return sigma
+
+
 def smoothing(
     ds: xr.Dataset,
     sigma: float | None = None,
@@ -210,24 +248,28 @@ def smoothing(
     Parameters
     ----------
     ds : xarray.Dataset
-        Holds ``nodes``; every finite node is covered by the grid.
+        Holds ``nodes``; every finite node, padded as in
+        :func:`hessnb.linalg.quadrature.grid_bounds`, is covered by the grid.
     sigma : float, optional
         Kernel standard deviation. Default: the paper's ``sqrt(1e-5 * max(1, range))``,
-        widened to one grid spacing so that no outlier peak falls between grid points.
+        widened to one grid spacing (:func:`resolving_sigma`).
     points : int
         Grid points ``g``.
     x_scale : {"linear", "symlog"}
         Grid uniform in eigenvalue, or in ``sign(x) log(1 + |x|)`` (Vega-Lite's symlog).
+
+    Returns
+    -------
+    Smoothing
+        ``grid`` has shape ``(points,)``.
     """
-    require(ds, SPECTRUM_VARS, "a density view")
+    require(ds, QUADRATURE, "a density view")
     if x_scale not in ("linear", "symlog"):
         raise ValueError(f"x_scale must be 'linear' or 'symlog', got {x_scale!r}")
     if isinstance(points, bool) or not isinstance(points, (int, np.integer)) or points < 2:
         raise ValueError(f"points must be an int >= 2 (grid size), got {points!r}")
-    if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
-        raise ValueError(
-            f"sigma must be a positive number (kernel width in eigenvalue units), got {sigma}"
-        )
+    if sigma is not None:
+        sigma = check_sigma(sigma)
     nodes = np.asarray(ds["nodes"].values, dtype=np.float64)
     nodes = nodes[np.isfinite(nodes)]
     if nodes.size == 0:
@@ -235,22 +277,13 @@ def smoothing(
             "the dataset is empty (no finite quadrature nodes, no recorded steps); track at "
             "least one step before viewing it"
         )
-    lo, hi = float(nodes.min()), float(nodes.max())
-
-    def span(width: float) -> tuple[float, float]:
-        pad = max(0.01, 6.0 * width)
-        return lo - pad, hi + pad
-
     if sigma is None:
-        paper = sigma = default_sigma(nodes)
-        for _ in range(50):  # the padding grows with sigma: iterate to the fixed point
-            a, b = span(sigma)
-            sigma = max(paper, (b - a) / (points - 1))
-    a, b = span(float(sigma))
+        sigma = resolving_sigma(nodes, int(points))
+    lo, hi = grid_bounds(nodes, sigma)
     if x_scale == "linear":
-        grid = np.linspace(a, b, int(points))
+        grid = np.linspace(lo, hi, int(points))
     else:
-        grid = _symexp(np.linspace(_symlog(a), _symlog(b), int(points)))
+        grid = _symexp(np.linspace(_symlog(lo), _symlog(hi), int(points)))
     return Smoothing(sigma=float(sigma), grid=grid, x_scale=x_scale)
 
 
@@ -281,6 +314,19 @@ def density_frame(
 ) -> pd.DataFrame:
     """Densities of one run at ``steps`` (all when None) on ``sm.grid``.
 
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A single run (from :func:`select_run`).
+    sm : Smoothing
+        Kernel width and grid (``g`` points).
+    steps : sequence of int, optional
+        Recorded steps to include (``s`` of them).
+    band : bool
+        Add the probe-bootstrap band.
+    level : float
+        Coverage of the band.
+
     Returns
     -------
     pandas.DataFrame, s * g rows
@@ -305,6 +351,15 @@ def density_frame(
 
 def heat_frame(ds: xr.Dataset, sm: Smoothing, decades: float = 12.0) -> pd.DataFrame:
     """``log10`` density of one run as cells (step x eigenvalue) for a heat map.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A single run (from :func:`select_run`), ``s`` steps.
+    sm : Smoothing
+        Kernel width and grid (``g`` points).
+    decades : float
+        Depth of the colour range below the maximum, in powers of ten.
 
     Returns
     -------
@@ -334,6 +389,13 @@ def heat_frame(ds: xr.Dataset, sm: Smoothing, decades: float = 12.0) -> pd.DataF
 def top_frame(ds: xr.Dataset, steps: Sequence[int] | None = None) -> pd.DataFrame:
     """Top Ritz values of one run, one row per (step, k) with a finite value.
 
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A single run with ``top_eigenvalues`` (step, k).
+    steps : sequence of int, optional
+        Recorded steps to include (default: all).
+
     Returns
     -------
     pandas.DataFrame
@@ -353,7 +415,20 @@ def top_frame(ds: xr.Dataset, steps: Sequence[int] | None = None) -> pd.DataFram
 
 
 def scalar_frame(ds: xr.Dataset, names: Sequence[str]) -> pd.DataFrame:
-    """Per-step scalars of one run in long form: ``step``, ``variable``, ``value``."""
+    """Per-step scalars of one run in long form.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A single run holding ``names``, each of shape (step,).
+    names : sequence of str
+        Variables to include.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``step``, ``variable``, ``value``; NaN values are dropped.
+    """
     require(ds, names, "a trajectory view")
     parts = [
         pd.DataFrame(
@@ -369,7 +444,18 @@ def scalar_frame(ds: xr.Dataset, names: Sequence[str]) -> pd.DataFrame:
 
 
 def lr_drops(ds: xr.Dataset) -> np.ndarray:
-    """Steps at which the learning rate decreased (``[]`` when ``lr`` is absent or NaN)."""
+    """Steps at which the learning rate decreased.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A single run, optionally with ``lr`` (step).
+
+    Returns
+    -------
+    array of int64, shape (d,)
+        Empty when ``lr`` is absent or never decreases (NaN entries are skipped).
+    """
     if "lr" not in ds:
         return np.zeros(0, dtype=np.int64)
     lr = np.asarray(ds["lr"].values, dtype=np.float64)

@@ -1,14 +1,14 @@
-"""``hessnb report RUN... --html out.html``: a self-contained interactive HTML report.
+"""A self-contained interactive HTML report of one or several runs.
 
 The page holds the density at every recorded step (one shared grid), the top-eigenvalue
 trajectories, the gradient concentration and a log-density heat map, all driven by one
 Vega-Lite "training step" slider. Vega's JavaScript is inlined, so the file opens in any
-browser with no kernel and no network.
+browser with no kernel and no network. ``hessnb report RUN... --html out.html``
+(:mod:`hessnb.cli.report`) writes it with :func:`write_report`.
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,26 +17,17 @@ import altair as alt
 import numpy as np
 import xarray as xr
 
+from hessnb.schema import PROVENANCE, QUADRATURE, require
 from hessnb.viz import charts, frames
 from hessnb.viz.export import to_html
 
-__all__ = ["add_arguments", "load_runs", "main", "report_chart", "write_report"]
+__all__ = ["MAX_STEPS", "REPORT_POINTS", "load_runs", "report_chart", "write_report"]
 
 Source = xr.Dataset | str | Path
 #: Report grid: coarser than a notebook view because every step's density is embedded.
 REPORT_POINTS = 400
+#: Steps embedded at most (evenly spread), bounding the file size.
 MAX_STEPS = 60
-PROVENANCE = (
-    "model",
-    "n_params",
-    "lanczos_steps",
-    "probes",
-    "top_k",
-    "seed",
-    "bn_mode",
-    "n_examples",
-    "hessnb_version",
-)
 
 
 def load_runs(sources: Source | Sequence[Source]) -> xr.Dataset:
@@ -45,6 +36,22 @@ def load_runs(sources: Source | Sequence[Source]) -> xr.Dataset:
     Runs are named by their ``run`` attribute, else the file name (made unique); steps
     missing from a run are NaN-padded (``hessnb.runfile.combine_runs``). A single
     dataset that already has a ``run`` dimension is kept as it is.
+
+    Parameters
+    ----------
+    sources : dataset, path, or a sequence of them
+        Runs (from ``hessnb.Tracker`` / ``hessnb.open_run``) or their netCDF files.
+
+    Returns
+    -------
+    xarray.Dataset
+        The single run, or all runs combined along a ``run`` dimension.
+
+    Raises
+    ------
+    ValueError
+        No source, a source without ``nodes``/``weights``, or a combined dataset given
+        together with other runs.
     """
     from hessnb.runfile import combine_runs
 
@@ -53,7 +60,7 @@ def load_runs(sources: Source | Sequence[Source]) -> xr.Dataset:
     named: dict[str, xr.Dataset] = {}
     for i, source in enumerate(sources):
         ds = source if isinstance(source, xr.Dataset) else frames.open_path(source)
-        frames.require(ds, frames.SPECTRUM_VARS, "a report")
+        require(ds, QUADRATURE, "a report")
         if "run" in ds.dims and len(sources) > 1:
             raise ValueError(
                 "combine runs either in one dataset (dim 'run') or as separate files, not both"
@@ -81,7 +88,23 @@ def _thin(ds: xr.Dataset, max_steps: int) -> xr.Dataset:
 def report_chart(
     ds: xr.Dataset, *, sigma: float | None = None, points: int = REPORT_POINTS
 ) -> alt.VConcatChart:
-    """All report charts stacked, linked by one step slider (every step embedded)."""
+    """All report charts stacked, linked by one step slider (every step embedded).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A run, or several along ``run`` (e.g. from :func:`load_runs`).
+    sigma : float, optional
+        Kernel width (default: the paper's, at least one grid spacing).
+    points : int
+        Grid points per density.
+
+    Returns
+    -------
+    altair.VConcatChart
+        Density, trajectories (top eigenvalues, gradient share, when stored) and, for
+        more than one step, the log-density heat map.
+    """
     slider = charts.step_slider(ds)
     sm = frames.smoothing(ds, sigma, points)
     rows = [charts.density_chart(ds, slider, smoothing=sm)]
@@ -163,53 +186,3 @@ def write_report(
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(to_html(chart, header=header), encoding="utf-8")
     return html_path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``report`` options to ``parser`` (for the ``hessnb`` CLI's sub-command)."""
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run files (netCDF)")
-    parser.add_argument("--html", required=True, metavar="OUT", help="the HTML file to write")
-    parser.add_argument(
-        "--sigma",
-        type=float,
-        default=None,
-        help="kernel width in eigenvalue units (default: the paper's)",
-    )
-    parser.add_argument(
-        "--points",
-        type=int,
-        default=REPORT_POINTS,
-        help=f"grid points per density (default {REPORT_POINTS})",
-    )
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=MAX_STEPS,
-        help=f"embed at most this many steps (default {MAX_STEPS})",
-    )
-    parser.add_argument("--title", default="hessnb report", help="page heading")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``hessnb report RUN... --html out.html``; returns the exit status."""
-    parser = add_arguments(
-        argparse.ArgumentParser(
-            prog="hessnb report", description="Write a self-contained interactive HTML report."
-        )
-    )
-    return report_command(parser.parse_args(argv))
-
-
-def report_command(args: argparse.Namespace) -> int:
-    """Write the report from parsed :func:`add_arguments` options; returns 0."""
-    path = write_report(
-        args.runs,
-        args.html,
-        sigma=args.sigma,
-        points=args.points,
-        max_steps=args.max_steps,
-        title=args.title,
-    )
-    print(f"wrote {path}")
-    return 0

@@ -1,0 +1,130 @@
+"""Options shared by the subcommands and what they mean, in one place.
+
+``hessnb track`` and ``hessnb spectrum`` take the same SLQ options
+(:func:`add_slq_options`); :func:`slq_settings` and :func:`tracker_options` turn them into
+an :class:`~hessnb.SLQSettings` and :class:`~hessnb.Tracker` keywords.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from hessnb.hessian.datapass import BN_MODES
+from hessnb.linalg.memory import PLACEMENTS
+from hessnb.settings import SLQSettings
+
+__all__ = [
+    "add_runtime_options",
+    "add_slq_options",
+    "bn_mode",
+    "set_threads",
+    "slq_settings",
+    "tracker_options",
+]
+
+_DEFAULTS = SLQSettings()
+
+
+def add_runtime_options(parser: argparse.ArgumentParser, threads: int | None = None) -> None:
+    """Add ``--no-progress`` and ``--threads`` (CPU threads; ``threads`` is the default)."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    default = "torch's choice" if threads is None else threads
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=threads,
+        help=f"CPU threads for torch (default: {default})",
+    )
+
+
+def add_slq_options(parser: argparse.ArgumentParser) -> None:
+    """Add the SLQ options: ``--lanczos-steps``, ``--probes``, ``--top-k``, ``--seed``,
+    ``--bn-mode``, ``--placement``, and the runtime options (:func:`add_runtime_options`)."""
+    parser.add_argument(
+        "--lanczos-steps",
+        type=int,
+        default=_DEFAULTS.lanczos_steps,
+        help="Lanczos steps per probe (default %(default)s)",
+    )
+    parser.add_argument(
+        "--probes", type=int, default=_DEFAULTS.probes, help="probe vectors (default %(default)s)"
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=_DEFAULTS.top_k,
+        help="top eigenvalues (and their vectors) kept (default %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=_DEFAULTS.seed, help="random seed (default %(default)s)"
+    )
+    parser.add_argument(
+        "--bn-mode",
+        choices=BN_MODES,
+        default=None,
+        help="batch statistics (train, the paper's setting for BN networks) "
+        "or running statistics (eval); default train with --bn, else eval",
+    )
+    parser.add_argument(
+        "--placement",
+        default="auto",
+        choices=PLACEMENTS,
+        help="where the float64 Krylov basis lives: device (GPU), cpu (pinned RAM), mmap "
+        "(a file in $TMPDIR) or auto (the first that fits; default)",
+    )
+    add_runtime_options(parser)
+
+
+def slq_settings(args: argparse.Namespace) -> SLQSettings:
+    """The :class:`~hessnb.SLQSettings` of parsed :func:`add_slq_options` options."""
+    return SLQSettings(
+        lanczos_steps=args.lanczos_steps, probes=args.probes, top_k=args.top_k, seed=args.seed
+    )
+
+
+def bn_mode(args: argparse.Namespace) -> str:
+    """``--bn-mode``, by default ``train`` for a model built with ``--bn``, else ``eval``."""
+    if args.bn_mode is not None:
+        return args.bn_mode
+    return "train" if args.bn else "eval"
+
+
+def tracker_options(args: argparse.Namespace, placement: str | None = None) -> dict[str, Any]:
+    """:class:`~hessnb.Tracker` keywords of parsed :func:`add_slq_options` options.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options (with ``--bn``).
+    placement : str, optional
+        Placement of the Krylov basis instead of ``--placement`` (e.g. the one a memory
+        plan chose).
+
+    Returns
+    -------
+    dict
+        ``settings``, ``bn_mode`` and ``placement``.
+    """
+    return {
+        "settings": slq_settings(args),
+        "bn_mode": bn_mode(args),
+        "placement": args.placement if placement is None else placement,
+    }
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` to torch (nothing when it was not given).
+
+    Raises
+    ------
+    ValueError
+        When ``--threads`` is below 1.
+    """
+    if args.threads is None:
+        return
+    if args.threads < 1:
+        raise ValueError("--threads must be >= 1")
+    torch.set_num_threads(args.threads)

@@ -1,0 +1,50 @@
+"""``hessnb report RUN... --html out.html``: the self-contained interactive HTML report."""
+
+from __future__ import annotations
+
+import argparse
+
+from hessnb.viz.report import MAX_STEPS, REPORT_POINTS, load_runs, write_report
+
+__all__ = ["HELP", "add_arguments", "run"]
+
+HELP = "write the interactive HTML report of runs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``hessnb report`` to ``parser``."""
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run files (netCDF)")
+    parser.add_argument("--html", required=True, metavar="OUT", help="the HTML file to write")
+    parser.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help="kernel width in eigenvalue units (default: the paper's)",
+    )
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=REPORT_POINTS,
+        help="grid points per density (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=MAX_STEPS,
+        help="embed at most this many steps (default %(default)s)",
+    )
+    parser.add_argument("--title", default="hessnb report", help="page heading")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the report from parsed options. Returns 0."""
+    path = write_report(
+        load_runs(args.runs),
+        args.html,
+        sigma=args.sigma,
+        points=args.points,
+        max_steps=args.max_steps,
+        title=args.title,
+    )
+    print(f"wrote {path}")
+    return 0

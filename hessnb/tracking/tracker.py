@@ -1,0 +1,251 @@
+"""Track the Hessian spectrum through training into a crash-safe run file.
+
+The :class:`Tracker` is a schedule, a run file it resumes, and one
+:class:`~hessnb.HessianOperator` that serves every record: call
+:meth:`Tracker.maybe_record` inside any training loop. Each record
+(:func:`~hessnb.tracking.record.record_step`) runs SLQ at the current parameters with the
+same seeded probes every time, so steps are comparable, and is on disk before it returns.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from tqdm.auto import tqdm
+
+from hessnb import distributed as dist
+from hessnb.hessian.operator import HessianOperator, LossFn
+from hessnb.hessian.params import ParamSpec
+from hessnb.runfile import (
+    append_record,
+    check_compatible,
+    open_run,
+    stale_temporaries,
+    write_run,
+)
+from hessnb.settings import SLQSettings
+from hessnb.tracking.record import record_step
+from hessnb.tracking.schedule import Schedule, make_schedule
+
+__all__ = ["Tracker"]
+
+
+class Tracker:
+    """Record Hessian spectra and gradient statistics at chosen training steps.
+
+    Parameters
+    ----------
+    model, loss_fn, batches
+        As for :class:`~hessnb.HessianOperator`: ``batches`` is the fixed, non-augmented
+        dataset the Hessian is taken over (the whole training set, or a fixed subset).
+    path : str or path
+        The netCDF run file. An existing file with the same settings is resumed: steps
+        already in it are skipped, never duplicated.
+    every : int, "log", "log:N" or list of int
+        Schedule: every N steps, log-spaced (dense early), or exactly these steps.
+    lanczos_steps, probes, top_k, seed
+        SLQ settings (see :func:`hessnb.spectrum`); the probes are the same at every step.
+    settings : SLQSettings, optional
+        The four settings at once (then leave the keywords at their defaults).
+    bn_mode : {"eval", "train"}
+        Batch-norm semantics of the Hessian (see :class:`~hessnb.HessianOperator`).
+    params, dtype, transfer
+        Passed to the operator.
+    placement : {"device", "cpu", "mmap", "auto"}
+        Where the Krylov basis lives.
+    name : str, optional
+        A label for the run (stored in the file's ``run`` attribute).
+    attrs : dict, optional
+        Extra provenance attributes for the file (e.g. ``{"precision": "bf16"}``).
+    overwrite : bool
+        Replace an existing file at the first record instead of resuming it.
+    progress : bool
+        Progress bars for each spectrum (rank 0 only).
+    distributed : bool, optional
+        Under ``torch.distributed`` (torchrun): ``batches`` is this rank's shard (see
+        :func:`hessnb.distributed.shard`), HVPs are all-reduced, every rank computes the
+        same spectrum and keeps the run in memory, and only rank 0 reads and writes the
+        file. Default: when a process group of more than one rank is initialised.
+
+    Notes
+    -----
+    The operator is built here (two passes over the data: validation and the determinism
+    check) and kept: each record then costs the Lanczos passes (one fresh pass when the
+    graph cache holds the data's graphs) and no extra operator construction.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Iterable[tuple[Any, Any]],
+        path: str | os.PathLike = "run.nc",
+        *,
+        every: int | str | Sequence[int] | Schedule = 1,
+        lanczos_steps: int = 90,
+        probes: int = 1,
+        top_k: int = 10,
+        seed: int = 0,
+        settings: SLQSettings | None = None,
+        bn_mode: str = "eval",
+        params: ParamSpec = None,
+        dtype: torch.dtype | None = None,
+        transfer: bool = False,
+        placement: str = "device",
+        name: str | None = None,
+        attrs: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        progress: bool = True,
+        distributed: bool | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise ValueError(
+                f"folder {self.path.parent} does not exist; create it first or pass another path"
+            )
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a folder; pass a file path such as run.nc")
+        self.schedule = make_schedule(every)
+        chosen = SLQSettings(lanczos_steps, probes, top_k, seed)
+        if settings is not None and chosen != SLQSettings():
+            raise ValueError(
+                "pass either settings=SLQSettings(...) or the keywords lanczos_steps, probes, "
+                "seed and top_k, not both"
+            )
+        self._distributed = dist.use_distributed(distributed)
+        self.operator = HessianOperator(
+            model,
+            loss_fn,
+            batches,
+            params=params,
+            bn_mode=bn_mode,
+            dtype=dtype,
+            transfer=transfer,
+            distributed=self._distributed,
+        )
+        self.settings = (settings or chosen).for_dimension(self.operator.n_params)
+        self.placement = placement
+        self.progress = progress and (not self._distributed or dist.is_main())
+        self.name = name
+        self.extra_attrs = dict(attrs or {})
+        self._replace = overwrite
+        self._data: xr.Dataset | None = dist.from_main(self._open_existing, self._distributed)
+
+    @property
+    def file_settings(self) -> dict[str, Any]:
+        """The attributes a resumed file must share (``hessnb.schema.SETTINGS``)."""
+        return {
+            **self.settings.as_attrs(),
+            "n_params": self.operator.n_params,
+            "bn_mode": self.operator.bn_mode,
+        }
+
+    def _open_existing(self) -> xr.Dataset | None:
+        """Remove temporaries of killed writers; open the run to resume (rank 0 only)."""
+        for stale in stale_temporaries(self.path):
+            stale.unlink()
+        if not self.path.exists() or self._replace:
+            return None
+        existing = open_run(self.path)
+        check_compatible(existing.attrs, self.file_settings, self.path)
+        return existing
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def steps(self) -> list[int]:
+        """Steps recorded so far (in this file)."""
+        return [] if self._data is None else [int(s) for s in self._data["step"].values]
+
+    @property
+    def dataset(self) -> xr.Dataset | None:
+        """The run so far (``None`` before the first record)."""
+        return self._data
+
+    def due(self, step: int, final: bool = False) -> bool:
+        """Whether ``step`` is scheduled (or ``final``) and not yet recorded."""
+        return (final or step in self.schedule) and int(step) not in self.steps
+
+    # ------------------------------------------------------------------ recording
+    def maybe_record(self, step: int, **scalars: Any) -> bool:
+        """Record if ``step`` is due (see :meth:`record`); return whether it recorded."""
+        if not self.due(step):
+            return False
+        self.record(step, **scalars)
+        return True
+
+    def record(
+        self,
+        step: int,
+        *,
+        update: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        **scalars: float,
+    ) -> xr.Dataset:
+        """Compute and store the spectrum and statistics at ``step``, now.
+
+        Parameters
+        ----------
+        step : int
+            Training step (>= 0, not already recorded).
+        update : tensor or list of tensors, optional
+            The optimizer's actual update direction (flat, or one tensor per selected
+            parameter), e.g. ``new_params - old_params`` with momentum; its projection
+            statistics are stored as ``update_*``.
+        **scalars : float
+            Extra per-step numbers, e.g. ``lr=0.1, train_loss=...``.
+
+        Returns
+        -------
+        xarray.Dataset
+            The step's record (dims probe, node, k), already on disk.
+        """
+        step = self._check_step(step)
+        bar = tqdm(
+            total=self.settings.lanczos_steps,
+            desc=f"step {step}: Lanczos",
+            unit="step",
+            disable=not self.progress,
+            leave=False,
+        )
+        try:
+            record = record_step(
+                self.operator,
+                step,
+                self.settings,
+                placement=self.placement,
+                on_step=lambda _j: bar.update(1),
+                update=update,
+                scalars=scalars,
+                attrs={
+                    **self.extra_attrs,
+                    **self.file_settings,
+                    "schedule": self.schedule.describe(),
+                    **({"run": self.name} if self.name is not None else {}),
+                },
+            )
+        finally:
+            bar.close()
+        previous = None if self._replace else self._data
+        grown = append_record(previous, record)
+        # on disk before record returns; only rank 0 writes
+        dist.write_on_main(write_run, grown, self.path, self._distributed)
+        self._data, self._replace = grown, False
+        return record.isel(step=0)
+
+    def _check_step(self, step: Any) -> int:
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise TypeError(f"step must be an int, got {type(step).__name__}")
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if int(step) in self.steps:
+            raise ValueError(
+                f"step {step} is already recorded in {self.path}; each step is recorded once "
+                "(use maybe_record to skip recorded steps when resuming)"
+            )
+        return int(step)

@@ -1,0 +1,127 @@
+"""Smoke tests of the CPU benchmark (``python -m bench.cpu``): it runs and fills its table.
+
+Not timed tests: the figures of a tiny configuration on a shared machine mean nothing, so
+the table's shape, the command line and the helpers are checked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from bench import common, cpu, libraries
+from hessnb import HessianOperator
+
+
+def _libraries_wanted() -> bool:
+    """Run the other libraries' rows only when HESSNB_BENCH_LIBRARIES=1 (they are slow to
+    import); otherwise their rows must say they were left out."""
+    return os.environ.get("HESSNB_BENCH_LIBRARIES") == "1"
+
+
+def test_quick_benchmark_table_has_expected_rows() -> None:
+    config = common.override(
+        cpu.CpuConfig.quick(),
+        widths=(2, 4, 8),
+        small_widths=(2, 2, 3),
+        n_examples=40,
+        batch_size=16,
+        lanczos_steps=6,
+        batched_steps=3,
+        repeats=1,
+        accuracy_seeds=1,
+        libraries=_libraries_wanted(),
+    )
+    rows = cpu.run_benchmark(config, log=lambda _text: None)
+    names = [row.name for row in rows]
+    expected = [
+        "HVP / gradient",
+        "HVP without graph cache / gradient",
+        "SLQ 6 steps / 6 HVPs",
+        "8 probes batched / 8 x 1 probe",
+        "hessnb W1 / spectral range",
+        "hessnb lambda_max rel. error",
+        "hessnb / fastest library SLQ time",
+    ]
+    for name in expected:
+        assert name in names
+    for row in rows:
+        assert row.status in {"pass", "miss", "info", "skip"}
+        assert row.status == "skip" or math.isfinite(row.value), row
+    for library in libraries.LIBRARIES:  # each library is either measured or skipped
+        measured = f"{library} W1 / spectral range" in names
+        skipped = f"{library} (skipped)" in names
+        assert measured != skipped
+    by_name = {row.name: row for row in rows}
+    assert by_name["hessnb lambda_max rel. error"].value < 1e-2
+    assert "6 op.matmat calls" in by_name["SLQ 6 steps / 6 HVPs"].note
+    table = common.format_table(rows)
+    assert table.splitlines()[0].split()[:4] == ["row", "measured", "target", "status"]
+    assert len(table.splitlines()) == len(rows) + 2
+
+
+def test_speed_only_stops_after_the_speed_rows() -> None:
+    config = common.override(
+        cpu.CpuConfig.quick(),
+        widths=(2, 2, 3),
+        n_examples=20,
+        batch_size=10,
+        lanczos_steps=3,
+        batched_steps=2,
+        probes=2,
+        repeats=1,
+        accuracy=False,
+    )
+    names = [row.name for row in cpu.run_benchmark(config, log=lambda _text: None)]
+    assert names == [
+        "HVP / gradient",
+        "HVP without graph cache / gradient",
+        "SLQ 3 steps / 3 HVPs",
+        "2 probes batched / 2 x 1 probe",
+    ]
+
+
+def test_main_quick_prints_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = {}
+
+    def fake_run(config: cpu.CpuConfig, log: object) -> list[common.Row]:
+        seen["config"] = config
+        return [common.Row("HVP / gradient", 2.0, "<= 2.2", "pass")]
+
+    monkeypatch.setattr(cpu, "run_benchmark", fake_run)
+    assert cpu.main(["--quick", "--repeats", "3", "--no-libraries"]) == 0
+    assert seen["config"].repeats == 3 and not seen["config"].libraries
+    assert seen["config"].accuracy
+    assert seen["config"].slq == cpu.CpuConfig.quick().slq
+    assert "HVP / gradient" in capsys.readouterr().out
+    assert cpu.main(["--steps", "7", "--speed-only", "--threads", "1"]) == 0
+    config = seen["config"]
+    assert config.slq.lanczos_steps == 7 and config.slq.probes == 8
+    assert not config.accuracy and config.libraries and config.threads == 1
+    assert config.widths == cpu.CpuConfig().widths
+
+
+def test_cache_state_and_profile() -> None:
+    batches = common.digits_batches(20, 10)
+    model = common.digits_cnn((2, 2, 3))
+    assert cpu.cache_state(HessianOperator(model, F.cross_entropy, batches, graph_cache=False)) == (
+        "off"
+    )
+    op = HessianOperator(model, F.cross_entropy, batches)
+    with op.reuse_graphs():
+        op.matvec(torch.ones(op.n_params))
+        assert cpu.cache_state(op).endswith(" MiB")
+    parts = cpu.profile_hvp(model, batches, repeats=1)
+    assert list(parts) == [
+        "forward",
+        "first backward (create_graph)",
+        "second backward",
+        "gradient (forward + backward)",
+    ]
+    assert all(seconds > 0 for seconds in parts.values())

@@ -1,0 +1,236 @@
+"""Chart builders: Vega-Lite specs hold the expected data, encodings and scales."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+from vega_spec import table, tables, views_with
+from viz_data import run_dataset, two_runs
+
+import hessnb
+from hessnb.viz import charts, frames
+from hessnb.viz.export import save
+
+
+@pytest.fixture(scope="module")
+def run() -> xr.Dataset:
+    return run_dataset(steps=(0, 10, 20, 40))
+
+
+@pytest.fixture(scope="module")
+def runs() -> xr.Dataset:
+    return two_runs()
+
+
+# ---------------------------------------------------------------------- helpers
+def expected_density(ds: xr.Dataset, sm: frames.Smoothing, step: int) -> np.ndarray:
+    return ds.hess.density(sigma=sm.sigma, grid=sm.grid).sel(step=step).values
+
+
+# ---------------------------------------------------------------------- density
+def test_density_chart_spec_and_data(run: xr.Dataset) -> None:
+    chart = charts.density_chart(run, 20)
+    spec = chart.to_dict()
+    assert json.loads(json.dumps(spec)) == spec
+    assert type(chart).from_dict(spec).to_dict() == spec  # round-trips through JSON
+
+    (line,) = views_with(spec, "line")
+    assert line["encoding"]["x"]["field"] == "eigenvalue"
+    assert line["encoding"]["y"]["scale"]["type"] == "log"
+    assert line["encoding"]["y"]["scale"]["domain"][0] == charts.Y_FLOOR
+    calc = [t["calculate"] for t in line["transform"] if "calculate" in t]
+    assert f"max(datum.density, {charts.Y_FLOOR})" in calc
+
+    sm = frames.smoothing(run)
+    data = table(spec, "eigenvalue", "density")
+    assert set(data["step"]) == {20}
+    np.testing.assert_array_equal(data["eigenvalue"], sm.grid)
+    np.testing.assert_array_equal(data["density"], expected_density(run, sm, 20))
+    # the probe-bootstrap band (2 probes) is drawn as an area between lower and upper
+    (area,) = views_with(spec, "area")
+    assert area["encoding"]["y2"]["field"] == "upper_shown"
+    assert (data["lower"] <= data["upper"]).all()
+
+
+def test_top_eigenvalues_drawn_as_rules_coloured_by_gradient_share(run: xr.Dataset) -> None:
+    spec = charts.density_chart(run, 10).to_dict()
+    (rule,) = views_with(spec, "rule")
+    assert rule["encoding"]["color"]["field"] == "overlap"
+    assert rule["encoding"]["size"]["field"] == "overlap"
+    assert {"filter": "datum.step == 10"} in rule["transform"]
+    rows = table(spec, "k", "eigenvalue", "overlap")
+    at = rows[rows["step"] == 10].sort_values("k")
+    np.testing.assert_array_equal(at["eigenvalue"], run.top_eigenvalues.sel(step=10))
+    np.testing.assert_array_equal(at["overlap"], run.grad_overlap.sel(step=10))
+
+
+def test_density_default_step_is_last_and_label_names_it(run: xr.Dataset) -> None:
+    spec = charts.density_chart(run).to_dict()
+    assert set(table(spec, "density")["step"]) == {40}
+    (text,) = views_with(spec, "text")
+    labels = table(spec, "label")
+    assert labels.set_index("step").loc[40, "label"].startswith("step 40 · lr 0.01")
+    assert {"filter": "datum.step == 40"} in text["transform"]
+
+
+def test_linear_y_and_symlog_x(run: xr.Dataset) -> None:
+    spec = charts.density_chart(run, 0, log_y=False, x_scale="symlog", band=False).to_dict()
+    (line,) = views_with(spec, "line")
+    assert line["encoding"]["y"]["scale"].get("type", "linear") == "linear"
+    assert line["encoding"]["x"]["scale"]["type"] == "symlog"
+    assert not views_with(spec, "area")
+    sm = frames.smoothing(run, x_scale="symlog")
+    assert np.ptp(np.diff(sm.grid)) > 0  # uniform in symlog, not in eigenvalue
+    data = table(spec, "density")
+    np.testing.assert_array_equal(data["eigenvalue"], sm.grid)
+    np.testing.assert_array_equal(data["density"], expected_density(run, sm, 0))
+
+
+def test_explicit_sigma_and_single_spectrum() -> None:
+    spectrum = hessnb.spectrum(
+        np.diag(np.arange(1.0, 21.0)), lanczos_steps=20, top_k=2, progress=False
+    )
+    spec = charts.density_chart(spectrum, sigma=0.3, points=50).to_dict()
+    data = table(spec, "density")
+    expected = spectrum.hess.density(sigma=0.3, grid=data["eigenvalue"].to_numpy())
+    np.testing.assert_allclose(data["density"], expected.values, rtol=1e-12)
+    assert "lower" not in data  # one probe: no band
+
+
+def test_slider_chart_embeds_every_step(run: xr.Dataset) -> None:
+    slider = charts.step_slider(run)
+    spec = charts.density_chart(run, slider).to_dict()
+    (param,) = spec["params"]
+    assert param["name"] == charts.SLIDER_NAME
+    assert param["bind"] == {
+        "input": "range",
+        "min": 0,
+        "max": 40,
+        "step": 10,
+        "name": "training step ",
+    }
+    assert param["value"] == 40
+    (line,) = views_with(spec, "line")
+    assert {"filter": "datum.step <= at_step && at_step < datum.step_end"} in line["transform"]
+    data = table(spec, "density")
+    sm = frames.smoothing(run)
+    for step, rows in data.groupby("step"):
+        np.testing.assert_array_equal(rows["density"], expected_density(run, sm, step))
+    ends = data.groupby("step")["step_end"].first()
+    assert ends.to_dict() == {0: 10, 10: 20, 20: 40, 40: 60}
+
+
+# ---------------------------------------------------------------------- over training
+def test_heatmap_of_log_density_with_lr_drop(run: xr.Dataset) -> None:
+    spec = charts.density_heatmap(run, 20, points=40).to_dict()
+    (rect,) = views_with(spec, "rect")
+    assert rect["encoding"]["color"]["field"] == "log10_density"
+    assert rect["encoding"]["x2"]["field"] == "step_end"
+    cells = table(spec, "log10_density")
+    sm = frames.smoothing(run, points=40)
+    logd = run.hess.density(sigma=sm.sigma, grid=sm.grid, log=True).values
+    np.testing.assert_allclose(cells["log10_density"], np.maximum(logd, logd.max() - 10).ravel())
+    drops = table(spec, "event")
+    assert drops["step"].tolist() == [20]  # lr 0.1 -> 0.01 between steps 10 and 20
+
+
+def test_top_eigenvalue_trajectories(run: xr.Dataset) -> None:
+    spec = charts.top_eigenvalues_chart(run, 10).to_dict()
+    lines = views_with(spec, "line")
+    assert lines[0]["encoding"]["color"]["field"] == "k"
+    data = table(spec, "k", "eigenvalue", "residual", without="step_end")
+    wide = data.pivot(index="step", columns="k", values="eigenvalue")
+    np.testing.assert_array_equal(wide.to_numpy(), run.top_eigenvalues.values)
+    marker = [v for v in views_with(spec, "point")]
+    assert {"filter": "datum.step == 10"} in marker[0]["transform"]
+    only_top = table(
+        charts.top_eigenvalues_chart(run, k=1).to_dict(), "k", "eigenvalue", without="step_end"
+    )
+    assert set(only_top["k"]) == {1}
+
+
+def test_gradient_chart(run: xr.Dataset) -> None:
+    spec = charts.gradient_chart(run, 20).to_dict()
+    fraction = table(spec, "variable", "value", without="step_end")
+    np.testing.assert_array_equal(fraction["value"], run.grad_fraction.values)
+    (area,) = views_with(spec, "area")
+    assert area["encoding"]["y"]["stack"] == "zero"
+    overlap = table(spec, "overlap")
+    sums = overlap.groupby("step")["overlap"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), run.grad_fraction.values)
+
+
+def test_runs_side_by_side_share_scales_and_grid(runs: xr.Dataset) -> None:
+    spec = charts.density_chart(runs, 10).to_dict()
+    assert len(spec["hconcat"]) == 2
+    assert spec["resolve"]["scale"] == {"x": "shared", "y": "shared", "color": "shared"}
+    titles = [view["title"] for view in spec["hconcat"]]
+    assert titles == ["Hessian eigenvalue density · bn", "Hessian eigenvalue density · no-bn"]
+    sm = frames.smoothing(runs)
+    dens = [t for t in tables(spec) if "density" in t.columns]
+    assert len(dens) == 2
+    for name, frame in zip(["bn", "no-bn"], dens, strict=True):
+        np.testing.assert_array_equal(frame["eigenvalue"], sm.grid)
+        np.testing.assert_array_equal(
+            frame["density"], expected_density(runs.sel(run=name), sm, 10)
+        )
+    # step 40 exists only in "no-bn": a clear error names the run's steps
+    with pytest.raises(ValueError, match=r"step 40 was not recorded; recorded steps are 0, 10"):
+        charts.density_chart(runs, 40)
+    for builder in (charts.top_eigenvalues_chart, charts.gradient_chart, charts.density_heatmap):
+        assert len(builder(runs).to_dict()["hconcat"]) == 2
+
+
+# ---------------------------------------------------------------------- export
+def test_export_png_svg_html_json(run: xr.Dataset, tmp_path) -> None:
+    chart = charts.density_chart(run, charts.step_slider(run), points=100)
+    assert save(chart, tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in save(chart, tmp_path / "d.svg").read_text()[:200]
+    page = save(chart, tmp_path / "d.html").read_text()
+    assert "<script src=" not in page  # self-contained: nothing fetched
+    assert "training step" in page and "at_step" in page
+    assert json.loads(save(chart, tmp_path / "d.json").read_text()) == chart.to_dict()
+    with pytest.raises(ValueError, match=r"ending in one of"):
+        save(chart, tmp_path / "d.gif")
+
+
+# ---------------------------------------------------------------------- bad input
+def test_missing_variables_are_named(run: xr.Dataset) -> None:
+    with pytest.raises(ValueError, match=r"a density view needs nodes, weights, which"):
+        charts.density_chart(xr.Dataset())
+    with pytest.raises(ValueError, match=r"grad_fraction"):
+        charts.gradient_chart(run.drop_vars("grad_fraction"))
+    with pytest.raises(ValueError, match=r"top_eigenvalues"):
+        charts.top_eigenvalues_chart(run.drop_vars("top_eigenvalues"))
+    with pytest.raises(TypeError, match=r"xarray.Dataset"):
+        charts.density_chart(run.nodes)
+
+
+def test_empty_run(run: xr.Dataset) -> None:
+    with pytest.raises(ValueError, match=r"empty.*track at least one step"):
+        charts.density_chart(run.isel(step=[]))
+    padded = run.copy()
+    padded["nodes"] = padded.nodes * np.nan
+    with pytest.raises(ValueError, match=r"empty.*track at least one step"):
+        charts.density_chart(padded)
+    with pytest.raises(ValueError, match=r"empty.*track at least one step"):
+        frames.select_run(run.isel(step=[]))
+
+
+def test_bad_step_sigma_points(run: xr.Dataset) -> None:
+    with pytest.raises(ValueError, match=r"step 15 was not recorded.*nearest: 10|nearest: 20"):
+        charts.density_chart(run, 15)
+    with pytest.raises(TypeError, match=r"step must be an int"):
+        charts.density_chart(run, "10")
+    for sigma in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"sigma must be a positive finite number"):
+            charts.density_chart(run, sigma=sigma)
+    with pytest.raises(ValueError, match=r"points must be an int >= 2"):
+        charts.density_chart(run, points=1)
+    with pytest.raises(ValueError, match=r"x_scale"):
+        charts.density_chart(run, x_scale="log")
+    with pytest.raises(ValueError, match=r"k must lie in 1..3"):
+        charts.top_eigenvalues_chart(run, k=4)

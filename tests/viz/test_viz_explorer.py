@@ -1,0 +1,141 @@
+"""Explorer widget logic: controls set from Python change the chart's data exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from vega_spec import table, views_with
+from viz_data import run_dataset, two_runs
+
+import hessnb
+from hessnb.viz import Explorer, explore, frames
+
+
+@pytest.fixture(scope="module")
+def run() -> xr.Dataset:
+    return run_dataset(steps=(0, 10, 20, 40))
+
+
+def drawn(ex: Explorer) -> dict:
+    """The Vega-Lite spec the widget sends to the browser."""
+    return ex.chart_widget.spec
+
+
+def assert_shows(ex: Explorer, ds: xr.Dataset, step: int, sigma: float) -> None:
+    """The widget's density data is ``ds.hess.density`` at ``step`` with ``sigma``."""
+    spec = drawn(ex)
+    data = table(spec, "eigenvalue", "density")
+    sm = frames.smoothing(ds, sigma, ex.points)
+    assert set(data["step"]) == {step}
+    np.testing.assert_array_equal(data["eigenvalue"], sm.grid)
+    expected = ds.hess.density(sigma=sm.sigma, grid=sm.grid).sel(step=step)
+    np.testing.assert_array_equal(data["density"], expected.values)
+    np.testing.assert_array_equal(ex.density().values, expected.values)
+
+
+def test_step_control_changes_data(run: xr.Dataset) -> None:
+    ex = explore(run)
+    assert ex.step == 40 and ex.step_slider.options[-1] == ("40", 40)
+    assert_shows(ex, run, 40, ex.sigma)
+    ex.step_slider.value = 10
+    assert_shows(ex, run, 10, ex.sigma)
+    # the gradient overlay follows: rules carry step 10's overlaps, the marker is at 10
+    spec = drawn(ex)
+    (rule,) = [v for v in views_with(spec, "rule") if "color" in v["encoding"]]
+    assert {"filter": "datum.step == 10"} in rule["transform"]
+    points = views_with(spec, "point")
+    assert {"filter": "datum.step == 10"} in points[0]["transform"]
+    ex.play.value = 0  # the play button drives the slider
+    assert ex.step == 0
+    assert_shows(ex, run, 0, ex.sigma)
+
+
+def test_sigma_control_resmooths(run: xr.Dataset) -> None:
+    ex = Explorer(run, step=20)
+    before = table(drawn(ex), "density")["density"].to_numpy()
+    ex.sigma_slider.value = 0.5
+    assert ex.sigma == pytest.approx(0.5)
+    assert_shows(ex, run, 20, ex.sigma)
+    after = table(drawn(ex), "density")["density"].to_numpy()
+    assert after.max() < before.max()  # wider kernel, lower peaks
+    ex.sigma = 5.0  # beyond the slider's range: the range widens
+    assert ex.sigma == pytest.approx(5.0)
+    assert_shows(ex, run, 20, 5.0)
+
+
+def test_log_linear_toggle(run: xr.Dataset) -> None:
+    ex = Explorer(run)
+    line = views_with(drawn(ex), "line")[0]
+    assert line["encoding"]["y"]["scale"]["type"] == "log"
+    ex.scale_toggle.value = False
+    line = views_with(drawn(ex), "line")[0]
+    assert line["encoding"]["y"]["scale"].get("type", "linear") == "linear"
+    assert not ex.log_y
+
+
+def test_growing_dataset_is_picked_up_on_refresh(run: xr.Dataset, tmp_path) -> None:
+    current = {"ds": run.isel(step=[0, 1])}
+    ex = Explorer(lambda: current["ds"])
+    assert [s for _, s in ex.step_slider.options] == [0, 10] and ex.step == 10
+    current["ds"] = run
+    ex.refresh_button.click()
+    assert [s for _, s in ex.step_slider.options] == [0, 10, 20, 40]
+    assert ex.step == 40 and ex.play.max == 3  # was at the last step: follows the run
+    assert_shows(ex, run, 40, ex.sigma)
+    ex.step = 10
+    ex.refresh(run_dataset(steps=(0, 10, 20, 40, 60)))
+    assert ex.step == 10  # not at the end: stays put
+    assert ex.step_slider.options[-1] == ("60", 60)
+
+
+def test_refresh_rereads_a_run_file(run: xr.Dataset, tmp_path) -> None:
+    from hessnb.runfile import write_run
+
+    path = tmp_path / "run.nc"
+    write_run(run.isel(step=[0, 1, 2]), path)
+    ex = Explorer(path)
+    assert ex.step == 20
+    write_run(run, path)
+    ex.refresh()
+    assert ex.step == 40
+    assert_shows(ex, hessnb.open_run(path), 40, ex.sigma)
+
+
+def test_run_selector() -> None:
+    runs = two_runs()
+    ex = Explorer(runs)
+    assert ex.run_select.options == ("bn", "no-bn") and ex.run == "bn"
+    assert [s for _, s in ex.step_slider.options] == [0, 10, 20]
+    ex.run_select.value = "no-bn"
+    assert [s for _, s in ex.step_slider.options] == [0, 10, 20, 40]
+    assert ex.step == 40
+    one = runs.sel(run="no-bn")
+    data = table(drawn(ex), "density")
+    sm = frames.smoothing(runs, ex.sigma, ex.points)  # one grid shared by both runs
+    np.testing.assert_array_equal(
+        data["density"], one.hess.density(sigma=sm.sigma, grid=sm.grid).sel(step=40).values
+    )
+    with pytest.raises(ValueError, match=r"no run named 'x'"):
+        ex.run = "x"
+    assert Explorer(run_dataset(steps=(0, 10))).run_select.layout.display == "none"
+
+
+def test_bad_input(run: xr.Dataset) -> None:
+    with pytest.raises(ValueError, match=r"the explorer needs nodes, weights, which"):
+        Explorer(xr.Dataset())
+    with pytest.raises(ValueError, match=r"empty"):
+        Explorer(run.isel(step=[]))
+    with pytest.raises(TypeError, match=r"run dataset, the path"):
+        Explorer(42)
+    with pytest.raises(ValueError, match=r"step 15 was not recorded"):
+        Explorer(run, step=15)
+    with pytest.raises(ValueError, match=r"sigma must be a positive finite number"):
+        Explorer(run, sigma=0.0)
+    ex = Explorer(run)
+    with pytest.raises(ValueError, match=r"step 15 was not recorded.*nearest"):
+        ex.step = 15
+    for sigma in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"sigma must be a positive finite number"):
+            ex.sigma = sigma
+    assert ex.step == 40  # nothing changed

@@ -1,0 +1,91 @@
+"""The self-contained HTML report: one step slider drives every view."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from vega_spec import table, views_with
+from viz_data import run_dataset
+
+from hessnb.runfile import write_run
+from hessnb.schema import PROVENANCE
+from hessnb.viz import frames, report
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list:
+    folder = tmp_path_factory.mktemp("runs")
+    paths = []
+    for name, steps in (("bn", (0, 10, 20)), ("no-bn", (0, 10, 20, 40))):
+        path = folder / f"{name}.nc"
+        write_run(run_dataset(steps=steps, name=name), path)
+        paths.append(path)
+    return paths
+
+
+def test_report_chart_links_every_view_to_one_slider() -> None:
+    run = run_dataset(steps=(0, 10, 20, 40))
+    spec = report.report_chart(run, points=80).to_dict()
+    assert [p["name"] for p in spec["params"]] == ["at_step"]
+    density = table(spec, "density")
+    sm = frames.smoothing(run, points=80)
+    assert sorted(set(density["step"])) == [0, 10, 20, 40]
+    for step, rows in density.groupby("step"):
+        expected = run.hess.density(sigma=sm.sigma, grid=sm.grid).sel(step=step)
+        np.testing.assert_array_equal(rows["density"], expected.values)
+    slider_filter = {"filter": "datum.step <= at_step && at_step < datum.step_end"}
+    for kind in ("line", "rule", "text", "point"):
+        assert any(slider_filter in v.get("transform", []) for v in views_with(spec, kind))
+    assert views_with(spec, "rect")  # the heat map
+
+
+def test_write_report_makes_a_self_contained_page(files, tmp_path) -> None:
+    out = tmp_path / "out" / "report.html"
+    assert report.write_report(files, out, points=60) == out
+    page = out.read_text()
+    assert "<script src=" not in page and "vega" in page
+    body = page[page.rfind("</head>") :]  # the header is in the page, not in the JS bundle
+    assert "Runs: bn, no-bn" in body and "training step" in body
+    assert "<h1" in body and "lanczos_steps" in body
+
+
+def test_header_lists_provenance_in_schema_order(tmp_path) -> None:
+    run = run_dataset(steps=(0, 10))
+    run.attrs.update(hessnb_version="0.1.0", precision="float64", unlisted="not shown")
+    page = report.write_report(run, tmp_path / "r.html", points=40).read_text()
+    body = page[page.rfind("</head>") :]
+    shown = [key for key in PROVENANCE if f"<th>{key}</th>" in body]
+    assert shown == [key for key in PROVENANCE if key in run.attrs]
+    assert [body.index(f"<th>{key}</th>") for key in shown] == sorted(
+        body.index(f"<th>{key}</th>") for key in shown
+    )
+    assert "unlisted" not in body
+
+
+def test_load_runs_names_and_pads(files) -> None:
+    both = report.load_runs(files)
+    assert frames.run_names(both) == ["bn", "no-bn"]
+    assert frames.steps_of(frames.select_run(both, "bn")).tolist() == [0, 10, 20]
+    single = run_dataset(steps=(0, 10))
+    assert report.load_runs(single) is single
+
+
+def test_thinning_bounds_the_steps(tmp_path) -> None:
+    run = run_dataset(steps=tuple(range(0, 50, 5)))
+    path = report.write_report(run, tmp_path / "r.html", max_steps=4, points=40)
+    assert "Showing 4 of 10 recorded steps" in path.read_text()
+
+
+def test_report_bad_input(tmp_path) -> None:
+    run = run_dataset(steps=(0, 10))
+    with pytest.raises(ValueError, match=r"ending in \.html"):
+        report.write_report(run, tmp_path / "r.png")
+    with pytest.raises(FileNotFoundError, match=r"no run file"):
+        report.write_report(tmp_path / "missing.nc", tmp_path / "r.html")
+    with pytest.raises(ValueError, match=r"at least one run"):
+        report.write_report([], tmp_path / "r.html")
+    with pytest.raises(ValueError, match=r"a report needs nodes, weights, which"):
+        report.write_report(xr.Dataset(), tmp_path / "r.html")
+    with pytest.raises(ValueError, match=r"max_steps"):
+        report.write_report(run, tmp_path / "r.html", max_steps=1)

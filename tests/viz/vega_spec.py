@@ -1,0 +1,39 @@
+"""Reading Vega-Lite specs back: their inline tables and their leaf views by mark."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from hessnb.viz import frames
+
+
+def tables(spec: dict) -> list[pd.DataFrame]:
+    """Every dataset of a spec (inline JSON strings) as a data frame."""
+    return [frames.from_json(v) for v in spec.get("datasets", {}).values()]
+
+
+def table(spec: dict, *columns: str, without: str = "") -> pd.DataFrame:
+    """The one dataset holding ``columns`` (and not the column ``without``)."""
+    found = [t for t in tables(spec) if set(columns) <= set(t.columns) and without not in t.columns]
+    assert len(found) == 1, f"{len(found)} datasets hold {columns}"
+    return found[0]
+
+
+def layers(spec: dict) -> list[dict]:
+    """Leaf views of a (possibly layered / concatenated) spec."""
+    out = []
+    for key in ("layer", "hconcat", "vconcat"):
+        for sub in spec.get(key, []):
+            out += layers(sub)
+    return out or [spec]
+
+
+def mark(view: dict) -> str:
+    """The mark type of a leaf view (``"line"``, ``"rule"``, ...)."""
+    m = view["mark"]
+    return m if isinstance(m, str) else m["type"]
+
+
+def views_with(spec: dict, kind: str) -> list[dict]:
+    """Leaf views drawn with mark ``kind``."""
+    return [v for v in layers(spec) if "mark" in v and mark(v) == kind]
