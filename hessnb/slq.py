@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from hessnb.linalg.lanczos import LanczosResult, lanczos_block
 from hessnb.linalg.operator import Operator, as_operator
 from hessnb.linalg.quadrature import tridiagonal_to_quadrature, wasserstein_bound
+from hessnb.linalg.statistics import spectrum_statistics
 from hessnb.schema import VARIABLES, variable_attrs
 from hessnb.settings import SLQSettings
 from hessnb.version import __version__
@@ -182,6 +183,7 @@ def to_dataset(est: SpectrumEstimate, attrs: dict[str, Any] | None = None) -> xr
         "trace": float(traces.mean()),
         "trace_stderr": stderr,
         "w1_bound": est.w1_bound,
+        **spectrum_statistics(est.nodes, est.weights),
         "n_params": np.int64(est.n_params),
     }
     data = {
@@ -237,7 +239,10 @@ def spectrum(
     -------
     xarray.Dataset
         ``nodes``, ``weights`` (probe, node); ``top_eigenvalues``, ``top_residuals`` (k);
-        ``trace``, ``trace_stderr``, ``w1_bound``, ``n_params``; provenance in ``attrs``.
+        ``trace``, ``trace_stderr``, ``w1_bound``, ``n_params``; the spectrum's statistics
+        ``lambda_min``, ``negative_mass``, ``bulk_edge``, ``n_outliers``, ``outlier_gap``
+        (see :mod:`hessnb.linalg.statistics` for the outlier rule); provenance in
+        ``attrs``.
         Use ``ds.hess.density()`` for the smoothed density.
 
     Examples

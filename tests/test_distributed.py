@@ -57,7 +57,7 @@ def _compute(out_dir: Path) -> dict[str, Any]:
         model, dataset = _problem()
         part = distributed.shard(dataset)
         batches = fixed_batches(part, BATCH)
-        op = HessianOperator(model, F.cross_entropy, batches)
+        op = HessianOperator(model, F.cross_entropy, batches, bn_mode="eval")
         est = estimate(op, SLQSettings(lanczos_steps=STEPS, probes=PROBES, top_k=3, seed=3))
         evaluation = op.evaluate(gradient=True)
         loss, gradient = evaluation["loss"], evaluation["gradient"]
@@ -68,6 +68,7 @@ def _compute(out_dir: Path) -> dict[str, Any]:
                 F.cross_entropy,
                 batches,
                 out_dir / "run.nc",
+                bn_mode="eval",
                 every=[0],
                 lanczos_steps=STEPS,
                 probes=PROBES,

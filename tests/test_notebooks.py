@@ -2,21 +2,29 @@
 (quick) settings, and the run files shipped for the quickstart are what their documented
 command makes.
 
-Notebooks execute with nbclient in a temporary copy of ``notebooks/`` (so run files,
-checkpoints and reports land in ``tmp_path``, never in the repository), with
-``HESSNB_QUICK=1`` and ``HESSNB_NB_DATA=digits`` (CI has no network: no CIFAR-10
-download is attempted). A cell that raises fails the test.
+Notebooks execute through ``notebook_runner`` (nbclient with every wait bounded) in a
+temporary copy of ``notebooks/`` (so run files, checkpoints and reports land in
+``tmp_path``, never in the repository), with ``HESSNB_QUICK=1`` and
+``HESSNB_NB_DATA=digits`` (CI has no network: no CIFAR-10 download is attempted). A cell
+that raises, runs too long or stalls fails the test, naming the notebook and the cell.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import textwrap
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from notebook_runner import Limits, NotebookRunError, RearmedChannel, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -33,6 +41,8 @@ SHIPPED = NOTEBOOK_DIR / "data"
 #: the shipped run files; the test below runs it (into tmp_path) and compares.
 DOCUMENTED = "hessnb demo --quick --no-report --out notebooks/data"
 SHIPPED_RUNS = ("no-bn.nc", "bn.nc")
+#: The command that makes the precomputed runs of notebook 02 (under an hour on 2 cores).
+PAPER_COMMAND = "hessnb reproduce --scale shipped --out notebooks/data/paper"
 #: Attributes that define how a run was made (values compared exactly, as text).
 SETTINGS = (
     "lanczos_steps",
@@ -48,7 +58,9 @@ SETTINGS = (
     "dtype",
     "run",
 )
-CELL_TIMEOUT = 900  # seconds; the slowest cell (02's training) takes about a minute
+#: The slowest cell (02's training) takes about a minute; a stalled cell fails after
+#: ``LIMITS.stall`` seconds without output or kernel CPU use.
+LIMITS = Limits()
 
 
 def _ids(path: Path) -> str:
@@ -82,9 +94,12 @@ def test_committed_notebook_has_no_outputs(path: Path) -> None:
 
 def test_shipped_run_files_are_small_and_documented() -> None:
     names = sorted(p.name for p in SHIPPED.iterdir())
-    assert names == sorted(["README.md", *SHIPPED_RUNS])
-    assert sum((SHIPPED / n).stat().st_size for n in SHIPPED_RUNS) < 3 * 2**20
+    assert names == sorted(["README.md", "paper", *SHIPPED_RUNS])
+    shipped = [p for p in SHIPPED.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in shipped) < 3 * 2**20  # all shipped data
     assert DOCUMENTED in (SHIPPED / "README.md").read_text()
+    assert PAPER_COMMAND in (SHIPPED / "README.md").read_text()
+    assert PAPER_COMMAND in (NOTEBOOK_DIR / "02_batchnorm_outliers.ipynb").read_text()
     quickstart = (NOTEBOOK_DIR / "01_quickstart.ipynb").read_text()
     assert DOCUMENTED in quickstart and "data/no-bn.nc" in quickstart
 
@@ -93,9 +108,6 @@ def test_shipped_run_files_are_small_and_documented() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
 def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
     work = tmp_path / "notebooks"
     shutil.copytree(
         NOTEBOOK_DIR, work, ignore=shutil.ignore_patterns("runs", ".ipynb_checkpoints", "*.nc.tmp")
@@ -110,14 +122,11 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "PYTHONPATH", os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     )
     nb = nbformat.read(work / path.name, as_version=4)
-    client = NotebookClient(
-        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(work)}}
-    )
     started = time.perf_counter()
     try:
-        client.execute()
-    except CellExecutionError as exc:
-        pytest.fail(f"{path.name}: a cell failed:\n{exc}", pytrace=False)
+        run_notebook(nb, path.name, work, LIMITS)
+    except NotebookRunError as exc:
+        pytest.fail(str(exc), pytrace=False)
     finally:
         print(
             f"{path.name}: {time.perf_counter() - started:.0f} s, load average "
@@ -129,6 +138,107 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert not errors
     after = sorted(p.relative_to(NOTEBOOK_DIR) for p in NOTEBOOK_DIR.rglob("*"))
     assert after == before, "the notebook wrote into the repository's notebooks/ folder"
+
+
+# ---------------------------------------------------------------------- the runner's guards
+async def _reply_delay(poll_slice: float, send_through_channel: bool) -> float:
+    """Seconds a channel's pending ``get_msg`` takes to return a reply that arrived just
+    before a synchronous send on the same socket (what nbclient's Output-widget mimic does
+    while it waits for a cell's reply).
+
+    The reply arrives while the event loop is blocked, so its wakeup is still pending when
+    the send makes libzmq consume it; a plain ``AsyncZMQSocketChannel`` then waits out the
+    whole 3 s timeout.
+    """
+    context = zmq.asyncio.Context()
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    session = Session(key=b"")
+    channel = RearmedChannel(dealer, session)
+    channel.poll_slice = poll_slice
+    try:
+        channel.send(session.msg("kernel_info_request"))
+        identity = (await router.recv_multipart())[0]
+        waiting = asyncio.ensure_future(channel.get_msg(timeout=3.0))
+        await asyncio.sleep(0.05)  # the poll is registered and finds nothing
+        session.send(router, "execute_reply", {}, ident=[identity])
+        time.sleep(0.05)  # the reply arrives; the blocked loop cannot see it yet
+        echo = session.msg("comm_msg")
+        if send_through_channel:
+            channel.send(echo)
+        else:  # a send the channel does not see: only the poll slices bound the wait
+            session.send(dealer, echo)
+        started = time.perf_counter()
+        await waiting
+        return time.perf_counter() - started
+    finally:
+        dealer.close(linger=0)
+        router.close(linger=0)
+        context.term()
+
+
+@pytest.mark.parametrize(
+    ("poll_slice", "send_through_channel"),
+    [(10.0, True), (0.25, False)],
+    ids=["send re-checks the socket", "poll slices bound a lost wakeup"],
+)
+def test_a_send_does_not_hide_a_queued_reply(poll_slice: float, send_through_channel: bool) -> None:
+    assert asyncio.run(_reply_delay(poll_slice, send_through_channel)) < 0.5
+
+
+GUARDED = {
+    "idle cell stalls": (
+        "import time\ntime.sleep(600)",
+        Limits(stall=3, check=0.5),
+        "stalled: no new output for ",
+    ),
+    "busy cell times out": (
+        "while True:\n    pass",
+        Limits(stall=2, cell=6, check=0.5),
+        "timed out: A cell timed out while it was being executed, after 6 seconds",
+    ),
+    "notebook limit": (
+        "while True:\n    pass",
+        Limits(cell=600, notebook=10, check=0.5),
+        "did not finish within 10 s",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", GUARDED)
+def test_a_stalled_or_runaway_notebook_fails_fast(case: str, tmp_path: Path) -> None:
+    """The failure names the notebook, the cell and what happened, comes within seconds
+    of the limit (not after the cell's 600 s), and leaves no kernel behind."""
+    body, limits, reason = GUARDED[case]
+    nb = new_notebook(
+        cells=[new_markdown_cell("# guard"), new_code_cell("print('ok')"), new_code_cell(body)]
+    )
+    started = time.perf_counter()
+    with pytest.raises(NotebookRunError) as raised:
+        run_notebook(nb, "guard.ipynb", tmp_path, limits)
+    assert time.perf_counter() - started < 60
+    message = str(raised.value)
+    assert message.startswith(f"guard.ipynb: {reason}"), message
+    assert message.endswith("in cell 2, which starts:\n" + textwrap.indent(body, "    ")), message
+    assert raised.value.cell_index == 2
+    assert nb.cells[1].outputs[0]["text"] == "ok\n"  # the cells before ran
+    with pytest.raises(ProcessLookupError):
+        os.kill(raised.value.kernel_pid, 0)  # the kernel is gone
+
+
+@pytest.mark.slow
+def test_a_cell_that_raises_fails_with_its_traceback(tmp_path: Path) -> None:
+    nb = new_notebook(cells=[new_code_cell("print('ok')"), new_code_cell("1 / 0")])
+    with pytest.raises(NotebookRunError) as raised:
+        run_notebook(nb, "raises.ipynb", tmp_path)
+    message = str(raised.value)
+    assert message.startswith("raises.ipynb: cell 1 raised:\n"), message
+    assert "1 / 0" in message and "ZeroDivisionError" in message
+    with pytest.raises(ProcessLookupError):
+        os.kill(raised.value.kernel_pid, 0)
 
 
 # ---------------------------------------------------------------------- shipped runs
@@ -158,3 +268,18 @@ def test_shipped_runs_are_reproduced_by_their_command(tmp_path: Path) -> None:
                 f"{name}: attribute {key} differs ({fresh.attrs.get(key)!r} now, "
                 f"{shipped.attrs.get(key)!r} shipped); regenerate with `{DOCUMENTED}`"
             )
+
+
+def test_shipped_paper_runs_match_their_scale_and_give_every_verdict() -> None:
+    from hessnb import open_run
+    from hessnb.reference.experiments import RUNS, SCALES
+    from hessnb.reference.verdicts import evaluate
+
+    scale = SCALES["shipped"]
+    runs = {name: open_run(SHIPPED / "paper" / f"{name}.nc") for name in RUNS}
+    for name, run in runs.items():
+        assert run.attrs["scale"] == "shipped" and run.attrs["run"] == name
+        assert run.step.values.tolist() == list(scale.record)
+        assert run.attrs["lanczos_steps"] == scale.slq.lanczos_steps
+        assert run.attrs["bn_mode"] == ("eval" if name == "bn-eval" else "train")
+    assert [v.experiment[:2] for v in evaluate(runs)] == ["E1", "E1", "E2", "E3", "E4", "E5"]

@@ -94,6 +94,11 @@ def test_dataset_schema(outlier_matrix):
         "trace": (),
         "trace_stderr": (),
         "w1_bound": (),
+        "lambda_min": (),
+        "negative_mass": (),
+        "bulk_edge": (),
+        "n_outliers": (),
+        "outlier_gap": (),
         "n_params": (),
     }
     assert {name: ds[name].dims for name in ds.data_vars} == expected
@@ -103,6 +108,7 @@ def test_dataset_schema(outlier_matrix):
     np.testing.assert_allclose(ds.top_eigenvalues, [14.0, 9.0, 6.0, 1.0], atol=1e-3)
     assert np.all(np.diff(ds.top_eigenvalues.values) <= 0)
     assert ds.attrs["lanczos_steps"] == 30 and ds.attrs["probes"] == 3
+    assert int(ds.n_outliers) == 3 and float(ds.outlier_gap) == pytest.approx(14.0, rel=1e-3)
     assert ds.attrs["n_params"] == 200 and ds.attrs["model"] == "MatrixOperator"
     assert float(ds.w1_bound) == hessnb.wasserstein_bound(30, 3, 200)
 
@@ -185,6 +191,6 @@ def test_non_operators_are_refused(operator, error, message):
 def test_spectrum_of_a_hessian_operator_records_provenance(digits_exact):
     op, _, _ = digits_exact
     ds = hessnb.spectrum(op, lanczos_steps=4, top_k=2, progress=False)
-    assert ds.attrs["model"] == "Sequential" and ds.attrs["bn_mode"] == "eval"
+    assert ds.attrs["model"] == "Sequential" and ds.attrs["bn_mode"] == "train"
     assert ds.attrs["n_examples"] == 300 and ds.attrs["dtype"] == "float64"
     assert ds.attrs["hessnb_version"] == hessnb.__version__

@@ -33,7 +33,7 @@ def matrix(step: int, dim: int = DIM, outliers: int = TOP_K, seed: int = 0) -> n
 
 def run_dataset(
     steps: Sequence[int] = (0, 10, 20, 40),
-    probes: int = 2,
+    probes: int = 8,
     name: str = "run",
     lr: Sequence[float] | None = None,
     seed: int = 0,

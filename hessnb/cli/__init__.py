@@ -11,11 +11,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from hessnb.cli import demo, report, spectrum, track
+from hessnb.cli import demo, report, reproduce, spectrum, track
 
 __all__ = ["build_parser", "main"]
 
-SUBCOMMANDS = {"demo": demo, "track": track, "spectrum": spectrum, "report": report}
+SUBCOMMANDS = {
+    "demo": demo,
+    "track": track,
+    "spectrum": spectrum,
+    "reproduce": reproduce,
+    "report": report,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

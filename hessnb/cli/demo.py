@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``hessnb demo`` to ``parser``."""
     parser.add_argument("--out", default="hessnb-demo", help="output folder (default: %(default)s)")
     parser.add_argument(
-        "--train-steps", type=int, default=None, help="SGD steps (default 200; 40 with --quick)"
+        "--train-steps", type=int, default=None, help="SGD steps (default 300; 150 with --quick)"
     )
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
     parser.add_argument("--no-report", action="store_true", help="write only the run files")
@@ -32,9 +32,10 @@ def run(args: argparse.Namespace) -> int:
     if args.train_steps is not None:
         settings = dataclasses.replace(settings, steps=args.train_steps)
     print(
-        f"hessnb demo: small CNN on {settings.examples} scikit-learn digits, "
-        f"{settings.steps} SGD steps, with and without batch norm (Hessian in BN train "
-        f"mode); {settings.slq.lanczos_steps} Lanczos steps per spectrum"
+        f"hessnb demo: CNN ({'/'.join(map(str, settings.channels))} channels) on "
+        f"{settings.examples} scikit-learn digits, {settings.steps} SGD steps, with and without "
+        f"batch norm (Hessian in BN train mode over batches of {settings.batch_size}); "
+        f"{settings.slq.lanczos_steps} Lanczos steps per spectrum"
     )
     paths = run_demo(args.out, settings, progress=not args.no_progress, report=not args.no_report)
     combined = combine_runs({k: paths[k] for k in ("no-bn", "bn")})

@@ -17,9 +17,11 @@ from hessnb.linalg.memory import PLACEMENTS
 from hessnb.settings import SLQSettings
 
 __all__ = [
+    "add_batch_options",
     "add_runtime_options",
     "add_slq_options",
     "bn_mode",
+    "hessian_batch_size",
     "set_threads",
     "slq_settings",
     "tracker_options",
@@ -65,8 +67,8 @@ def add_slq_options(parser: argparse.ArgumentParser) -> None:
         "--bn-mode",
         choices=BN_MODES,
         default=None,
-        help="batch statistics (train, the paper's setting for BN networks) "
-        "or running statistics (eval); default train with --bn, else eval",
+        help="batch norm in the Hessian: batch statistics (train, the paper's setting; "
+        "default) or running statistics (eval)",
     )
     parser.add_argument(
         "--placement",
@@ -86,10 +88,41 @@ def slq_settings(args: argparse.Namespace) -> SLQSettings:
 
 
 def bn_mode(args: argparse.Namespace) -> str:
-    """``--bn-mode``, by default ``train`` for a model built with ``--bn``, else ``eval``."""
-    if args.bn_mode is not None:
-        return args.bn_mode
-    return "train" if args.bn else "eval"
+    """``--bn-mode``: ``train`` (batch statistics, the paper's setting) unless given."""
+    return args.bn_mode or "train"
+
+
+def add_batch_options(parser: argparse.ArgumentParser, train_default: int, fallback: int) -> None:
+    """Add ``--train-batch-size`` and ``--batch-size`` (the Hessian's batches).
+
+    In BN train mode the Hessian's batch norm uses each batch's statistics, so
+    ``--batch-size`` defaults to the training batch size for models with batch norm
+    (else to ``fallback``, a size chosen for speed).
+    """
+    parser.add_argument(
+        "--train-batch-size",
+        type=int,
+        default=train_default,
+        help="training batch size (default %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="batch size of the Hessian's passes (default: the training batch size for "
+        f"models with batch norm in BN train mode, else {fallback})",
+    )
+    parser.set_defaults(hessian_batch_fallback=fallback)
+
+
+def hessian_batch_size(args: argparse.Namespace, model: torch.nn.Module) -> int:
+    """The Hessian's batch size of parsed :func:`add_batch_options` options for ``model``."""
+    if args.batch_size is not None:
+        return args.batch_size
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn and bn_mode(args) == "train":
+        return args.train_batch_size
+    return args.hessian_batch_fallback
 
 
 def tracker_options(args: argparse.Namespace, placement: str | None = None) -> dict[str, Any]:
@@ -106,12 +139,13 @@ def tracker_options(args: argparse.Namespace, placement: str | None = None) -> d
     Returns
     -------
     dict
-        ``settings``, ``bn_mode`` and ``placement``.
+        ``settings``, ``bn_mode``, ``placement`` and ``train_batch_size``.
     """
     return {
         "settings": slq_settings(args),
         "bn_mode": bn_mode(args),
         "placement": args.placement if placement is None else placement,
+        "train_batch_size": getattr(args, "train_batch_size", None),
     }
 
 

@@ -19,13 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sigma",
         type=float,
         default=None,
-        help="kernel width in eigenvalue units (default: the paper's)",
+        help="one kernel width in eigenvalue units for every step (default: each step's own "
+        "paper width, sigma^2 = 1e-5 max(1, range))",
     )
     parser.add_argument(
         "--points",
         type=int,
         default=REPORT_POINTS,
-        help="grid points per density (default %(default)s)",
+        help="most grid points per step's density; the kernel is widened (and the chart says "
+        "so) only when they cannot resolve it (default %(default)s)",
     )
     parser.add_argument(
         "--max-steps",

@@ -40,7 +40,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from hessnb import distributed
-from hessnb.cli.options import add_slq_options, bn_mode, set_threads, tracker_options
+from hessnb.cli.options import (
+    add_batch_options,
+    add_slq_options,
+    bn_mode,
+    hessian_batch_size,
+    set_threads,
+    tracker_options,
+)
 from hessnb.hessian.precision import PRECISIONS, configure_backends, prepare_model
 from hessnb.linalg.memory import plan_memory
 from hessnb.reference import data, models
@@ -80,9 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=224,
         help="imagenet: centre crop in pixels after resizing to 8/7 of it (default 224)",
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=256, help="batch size of Hessian passes (default 256)"
-    )
+    add_batch_options(parser, train_default=256, fallback=256)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument(
@@ -176,15 +181,17 @@ def _dataset_kwargs(args: argparse.Namespace) -> dict:
     return {}
 
 
-def _batches(part: Dataset, args: argparse.Namespace, device: torch.device) -> Iterable:
+def _batches(
+    part: Dataset, args: argparse.Namespace, device: torch.device, batch_size: int
+) -> Iterable:
     """Fixed batches of this rank's shard: in memory when small, else a DataLoader."""
     first = part[0][0]
     size = first.numel() * first.element_size() if isinstance(first, torch.Tensor) else 0
     if size * len(part) <= MATERIALISE_BYTES:
-        return data.fixed_batches(part, args.batch_size, num_workers=args.workers)
+        return data.fixed_batches(part, batch_size, num_workers=args.workers)
     return DataLoader(
         part,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         shuffle=False,
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
@@ -254,7 +261,8 @@ def _compute(args: argparse.Namespace) -> int:
     model = prepare_model(model, device, args.precision, not args.no_channels_last)
     dataset = data.load(args.data, **_dataset_kwargs(args))
     part = distributed.shard(dataset)
-    metered = _Metered(_batches(part, args, device), ranks)
+    batches = _batches(part, args, device, hessian_batch_size(args, model))
+    metered = _Metered(batches, ranks)
     tracker = Tracker(
         model,
         F.cross_entropy,

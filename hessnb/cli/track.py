@@ -7,7 +7,13 @@ import argparse
 import torch
 from torch.nn import functional as F
 
-from hessnb.cli.options import add_slq_options, set_threads, tracker_options
+from hessnb.cli.options import (
+    add_batch_options,
+    add_slq_options,
+    hessian_batch_size,
+    set_threads,
+    tracker_options,
+)
 from hessnb.reference import data, models
 from hessnb.reference.training import train
 from hessnb.tracking import Tracker, make_schedule
@@ -30,12 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-steps", type=int, default=300, help="SGD steps (default 300)")
     parser.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
     parser.add_argument("--lr-drops", type=int, nargs="*", default=[], help="steps of lr x0.1")
-    parser.add_argument(
-        "--train-batch-size", type=int, default=64, help="SGD batch size (default 64)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=512, help="batch size of Hessian passes (default 512)"
-    )
+    add_batch_options(parser, train_default=128, fallback=512)
     parser.add_argument("--every", default="log", help="N, log, or log:N (default log)")
     add_slq_options(parser)
     parser.add_argument("--name", default=None, help="label of the run")
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     tracker = Tracker(
         model,
         F.cross_entropy,
-        data.fixed_batches(dataset, args.batch_size),
+        data.fixed_batches(dataset, hessian_batch_size(args, model)),
         args.out,
         every=make_schedule(every),
         **tracker_options(args),

@@ -135,6 +135,9 @@ class DataPass:
         self.bn_mode, self.check_determinism, self.transfer = bn_mode, check_determinism, transfer
         self.reduce, self.cache = reduce, cache
         self.caching = False  # set by the operator's reuse_graphs()
+        self.batch_statistics = bn_mode == "train" and any(
+            isinstance(m, BN_TYPES) for m in space.model.modules()
+        )
         self.batch_sizes: list[int] = []
         self.fresh_passes = 0
         self._reference: tuple[tuple, list[tuple[int, float]]] | None = None
@@ -218,11 +221,18 @@ class DataPass:
         losses: list[tuple[int, float]] = []
         for index, batch in enumerate(self.batches):
             inputs, targets = prepare(batch, index, space.device, space.dtype, self.transfer)
+            size = batch_size(inputs, targets)
+            if size == 1 and self.batch_statistics:
+                raise ValueError(
+                    f"batch {index} holds one example, and batch norm in train mode cannot "
+                    "normalise a batch of one; choose a batch size that leaves no batch of "
+                    "one (e.g. drop or merge the last), or pass bn_mode='eval'"
+                )
             counting = cache.counting() if keep else contextlib.nullcontext()
             with torch.set_grad_enabled(build), counting:
                 loss, outputs = self._loss(inputs, targets, index)
                 entry = BatchGraph(
-                    batch_size(inputs, targets),
+                    size,
                     float(loss.detach()),
                     correct_count(outputs, targets),
                 )

@@ -48,10 +48,12 @@ class HessianOperator:
     params : iterable of parameters or names, or a submodule, optional
         The parameters the Hessian is taken over (default: all with ``requires_grad``), for
         per-layer spectra.
-    bn_mode : {"eval", "train"}
-        ``"eval"``: batch norm normalises with its running (population) statistics.
-        ``"train"`` (the paper's setting): with the statistics of each fixed batch, without
-        touching the running buffers. Dropout is always off.
+    bn_mode : {"train", "eval"}
+        ``"train"`` (default, the paper's setting): batch norm normalises with the
+        statistics of each fixed batch, so the batches' size matters (use the training batch
+        size, as the authors' code does); the running buffers are not touched. ``"eval"``:
+        with its running (population) statistics. Dropout is always off. Models without
+        batch norm give the same Hessian either way.
     dtype : torch.dtype, optional
         Compute HVPs in this dtype (e.g. ``torch.float64`` for exact comparisons) on a
         private copy of the model, re-synchronised whenever the model changes. Default: the
@@ -83,7 +85,7 @@ class HessianOperator:
         batches: Iterable[tuple[Any, Any]],
         *,
         params: ParamSpec = None,
-        bn_mode: str = "eval",
+        bn_mode: str = "train",
         dtype: torch.dtype | None = None,
         check_determinism: bool = True,
         transfer: bool = False,
@@ -181,7 +183,7 @@ class HessianOperator:
             "has_batchnorm": int(self.has_batchnorm),
             "n_examples": self.n_examples,
             "dtype": str(self.dtype).replace("torch.", ""),
-            "hessian_batch_size": sizes[0] if len(set(sizes[:-1])) <= 1 else sizes,
+            "hessian_batch_size": sizes[0] if len(set(sizes)) == 1 else sizes,
         }
 
     def data_passes(self) -> int:

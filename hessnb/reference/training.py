@@ -64,7 +64,7 @@ def train(
     weight_decay: float = 0.0,
     lr_drops: Sequence[int] = (),
     lr_factor: float = 0.1,
-    tracker: Tracker | None = None,
+    tracker: Tracker | Sequence[Tracker] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -83,10 +83,11 @@ def train(
         Number of SGD steps.
     lr, momentum, weight_decay : float
         SGD settings; ``lr`` is multiplied by ``lr_factor`` at each step in ``lr_drops``.
-    tracker : Tracker, optional
+    tracker : Tracker or sequence of Tracker, optional
         Records (with ``lr=...``) at its scheduled steps, before the update of that step,
         so step ``s`` is the model after ``s`` updates; steps already in its file are
-        skipped (resuming).
+        skipped (resuming). Several trackers (e.g. the same model's Hessian with batch
+        norm in train and in eval mode) record the same checkpoints.
     record_final : bool
         Also record the model after the last update (step ``steps``) when the schedule
         does not include it.
@@ -107,6 +108,9 @@ def train(
         raise ValueError(f"steps must be >= 0, got {steps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    trackers = [] if tracker is None else [tracker] if isinstance(tracker, Tracker) else tracker
+    for each in trackers:
+        each.check_batch_size(batch_size)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
@@ -134,9 +138,11 @@ def train(
         for step in range(start, steps + 1):
             rate = learning_rate(step, lr, lr_drops, lr_factor)
             final = record_final and step == steps
-            if tracker is not None and (step in tracker.schedule or final):
-                if tracker.due(step, final=final):
-                    tracker.record(step, lr=rate)
+            scheduled = [t for t in trackers if step in t.schedule or final]
+            for each in scheduled:
+                if each.due(step, final=final):
+                    each.record(step, lr=rate)
+            if scheduled:
                 checkpoint(step)
             if step == steps:
                 break

@@ -10,6 +10,7 @@ same seeded probes every time, so steps are comparable, and is on disk before it
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,13 @@ class Tracker:
         SLQ settings (see :func:`hessnb.spectrum`); the probes are the same at every step.
     settings : SLQSettings, optional
         The four settings at once (then leave the keywords at their defaults).
-    bn_mode : {"eval", "train"}
+    bn_mode : {"train", "eval"}
         Batch-norm semantics of the Hessian (see :class:`~hessnb.HessianOperator`).
+    train_batch_size : int, optional
+        The training batch size. In BN train mode the Hessian's batch norm uses the
+        statistics of each of ``batches``; a warning says so when their size differs from
+        this (the paper's setting takes the training batch size). :func:`hessnb.reference.
+        train` passes its own.
     params, dtype, transfer
         Passed to the operator.
     placement : {"device", "cpu", "mmap", "auto"}
@@ -94,7 +100,7 @@ class Tracker:
         top_k: int = 10,
         seed: int = 0,
         settings: SLQSettings | None = None,
-        bn_mode: str = "eval",
+        bn_mode: str = "train",
         params: ParamSpec = None,
         dtype: torch.dtype | None = None,
         transfer: bool = False,
@@ -104,6 +110,7 @@ class Tracker:
         overwrite: bool = False,
         progress: bool = True,
         distributed: bool | None = None,
+        train_batch_size: int | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.parent.is_dir():
@@ -131,6 +138,8 @@ class Tracker:
             distributed=self._distributed,
         )
         self.settings = (settings or chosen).for_dimension(self.operator.n_params)
+        if train_batch_size is not None:
+            self.check_batch_size(train_batch_size)
         self.placement = placement
         self.progress = progress and (not self._distributed or dist.is_main())
         self.name = name
@@ -156,6 +165,32 @@ class Tracker:
         existing = open_run(self.path)
         check_compatible(existing.attrs, self.file_settings, self.path)
         return existing
+
+    def check_batch_size(self, train_batch_size: int) -> bool:
+        """Warn when BN train-mode Hessian batches differ from ``train_batch_size``.
+
+        Returns
+        -------
+        bool
+            Whether the Hessian's batch statistics match training (True without batch norm
+            or in eval mode, where the batch size does not change the Hessian).
+        """
+        op = self.operator
+        if op.bn_mode != "train" or not op.has_batchnorm:
+            return True
+        sizes = op.batch_sizes
+        full = sizes[:-1] if len(sizes) > 1 else sizes  # the last batch may be smaller
+        if all(size == train_batch_size for size in full) and sizes[-1] <= train_batch_size:
+            return True
+        warnings.warn(
+            f"batch norm in train mode normalises the Hessian's batches with their own "
+            f"statistics, and these batches hold {sorted(set(sizes))} examples while training "
+            f"uses {train_batch_size}; pass batches of {train_batch_size} (the paper's setting) "
+            "or bn_mode='eval'",
+            UserWarning,
+            stacklevel=2,
+        )
+        return False
 
     # ------------------------------------------------------------------ queries
     @property

@@ -1,9 +1,11 @@
 """Views of Hessian spectra: altair charts, an ipywidgets explorer, HTML reports.
 
 Views never compute spectra: they read run datasets (``hessnb.open_run``) and derive
-densities through ``ds.hess``. Importing this package imports neither altair nor any
-Jupyter module: each name below loads its module on first use, and only the explorer
-(:func:`explore`, :class:`Explorer`) imports ipywidgets.
+densities through ``ds.hess``, each step with the paper's kernel for its own spectral
+range (:class:`Smoothing`). In a notebook without internet access, call
+:func:`use_offline_renderer` once so that charts draw with no CDN. Importing this package
+imports neither altair nor any Jupyter module: each name below loads its module on first
+use, and only the explorer (:func:`explore`, :class:`Explorer`) imports ipywidgets.
 """
 
 from __future__ import annotations
@@ -16,18 +18,20 @@ if TYPE_CHECKING:
         density_chart,
         density_heatmap,
         gradient_chart,
+        statistics_chart,
         step_slider,
         top_eigenvalues_chart,
     )
     from hessnb.viz.explorer import Explorer, explore
     from hessnb.viz.export import save, to_html
-    from hessnb.viz.frames import Smoothing, smoothing
+    from hessnb.viz.offline import use_offline_renderer
     from hessnb.viz.report import load_runs, report_chart, write_report
+    from hessnb.viz.smoothing import Smoothing
 
 #: Public name -> the submodule of ``hessnb.viz`` that defines it.
 _HOMES = {
     "Explorer": "explorer",
-    "Smoothing": "frames",
+    "Smoothing": "smoothing",
     "density_chart": "charts",
     "density_heatmap": "charts",
     "explore": "explorer",
@@ -35,10 +39,11 @@ _HOMES = {
     "load_runs": "report",
     "report_chart": "report",
     "save": "export",
-    "smoothing": "frames",
+    "statistics_chart": "charts",
     "step_slider": "charts",
     "to_html": "export",
     "top_eigenvalues_chart": "charts",
+    "use_offline_renderer": "offline",
     "write_report": "report",
 }
 
@@ -66,9 +71,10 @@ __all__ = [
     "load_runs",
     "report_chart",
     "save",
-    "smoothing",
+    "statistics_chart",
     "step_slider",
     "to_html",
     "top_eigenvalues_chart",
+    "use_offline_renderer",
     "write_report",
 ]

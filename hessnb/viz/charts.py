@@ -9,13 +9,17 @@ runs are drawn side by side with shared scales. ``step`` selects what is "curren
 - a parameter from :func:`step_slider`: every step is embedded and a Vega-Lite slider
   picks one in the browser, so exported HTML stays interactive without a kernel.
 
-Densities are ``ds.hess.density`` on one grid shared by every step and run of a chart;
-the y axis is logarithmic by default (the paper's view: outliers carry weight ~1/n).
+Densities are ``ds.hess.density`` with the paper's kernel for each step of each run
+(:mod:`hessnb.viz.smoothing`), which the chart's subtitle states; the y axis is
+logarithmic by default (the paper's view: outliers carry weight ~1/n). Where the run
+stores the spectrum statistics, the density marks ``bulk_edge`` and
+:func:`statistics_chart` follows ``outlier_gap``, ``n_outliers``, ``lambda_min`` and
+``negative_mass`` over training; run files without them are drawn without them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import altair as alt
 import numpy as np
@@ -23,14 +27,15 @@ import pandas as pd
 import xarray as xr
 
 from hessnb.schema import require
-from hessnb.viz import frames
-from hessnb.viz.frames import DEFAULT_POINTS, Smoothing, XScale
+from hessnb.viz import frames, runs
+from hessnb.viz.smoothing import MAX_POINTS, Kernel, Smoothing, XScale, widening_note
 
 __all__ = [
     "StepArg",
     "density_chart",
     "density_heatmap",
     "gradient_chart",
+    "statistics_chart",
     "step_slider",
     "top_eigenvalues_chart",
 ]
@@ -41,16 +46,29 @@ SLIDER_NAME = "at_step"
 Y_FLOOR = 1e-10
 WIDTH, HEIGHT = 420, 240
 TRAJECTORY_WIDTH = 300
+STATISTIC_WIDTH, STATISTIC_HEIGHT = 125, 140
+#: Heat-map cells along the eigenvalue axis.
+HEAT_CELLS = 150
+#: Panels of :func:`statistics_chart`: statistic -> (axis title, logarithmic axis).
+STATISTIC_PANELS = {
+    "outlier_gap": ("λ₁ / bulk edge", True),
+    "n_outliers": ("outliers above the bulk", False),
+    "lambda_min": ("smallest eigenvalue λ_min", False),
+    "negative_mass": ("weight on λ < 0", False),
+}
+BULK_EDGE_COLOUR = "#2e7d32"
 
 
 # ---------------------------------------------------------------------- plumbing
 def _data(frame: pd.DataFrame) -> alt.InlineData:
-    """Rows inlined as one JSON string (altair moves identical tables to one dataset).
+    """Rows inlined as one CSV string (altair moves identical tables to one dataset).
 
     A string is neither copied nor validated record by record when charts are composed,
-    and is exempt from altair's 5000-row limit; Vega parses it with the ``json`` format.
+    is exempt from altair's 5000-row limit and is about half the size of JSON records;
+    Vega parses it with the ``csv`` format and the column types of :func:`frames.to_csv`.
     """
-    return alt.InlineData(values=frames.to_json(frame), format=alt.DataFormat(type="json"))
+    text, parse = frames.to_csv(frame)
+    return alt.InlineData(values=text, format=alt.DataFormat(type="csv", parse=parse))
 
 
 def _is_slider(step: StepArg) -> bool:
@@ -62,12 +80,12 @@ def _current(step: StepArg, run_ds: xr.Dataset) -> str:
     if _is_slider(step):
         name = step.name
         return f"datum.step <= {name} && {name} < datum.step_end"
-    return f"datum.step == {frames.check_step(run_ds, step)}"
+    return f"datum.step == {runs.check_step(run_ds, step)}"
 
 
 def _with_ends(frame: pd.DataFrame, run_ds: xr.Dataset) -> pd.DataFrame:
-    steps = frames.steps_of(run_ds)
-    ends = dict(zip(steps.tolist(), frames.step_ends(steps).tolist(), strict=True))
+    steps = runs.steps_of(run_ds)
+    ends = dict(zip(steps.tolist(), runs.step_ends(steps).tolist(), strict=True))
     return frame.assign(step_end=frame["step"].map(ends))
 
 
@@ -75,15 +93,16 @@ def _side_by_side(
     ds: xr.Dataset, build: Callable[[xr.Dataset, str | None], alt.TopLevelMixin]
 ) -> alt.TopLevelMixin:
     """``build(run_ds, run_name)`` for each run, concatenated with shared scales."""
-    names = frames.run_names(ds)
-    if len(names) <= 1:
-        return build(frames.select_run(ds), names[0] if names else None)
-    charts = [build(frames.select_run(ds, name), name) for name in names]
+    charts = [build(run_ds, name) for name, run_ds in runs.each_run(ds)]
+    if len(charts) == 1:
+        return charts[0]
     return alt.hconcat(*charts).resolve_scale(x="shared", y="shared", color="shared")
 
 
-def _title(what: str, run: str | None) -> str:
-    return f"{what} · {run}" if run else what
+def _title(what: str, run: str | None, subtitle: Sequence[str] = ()) -> alt.TitleParams | str:
+    text = f"{what} · {run}" if run else what
+    lines = [line for line in subtitle if line]
+    return alt.TitleParams(text, subtitle=lines) if lines else text
 
 
 def step_slider(ds: xr.Dataset, name: str = SLIDER_NAME) -> alt.Parameter:
@@ -104,10 +123,7 @@ def step_slider(ds: xr.Dataset, name: str = SLIDER_NAME) -> alt.Parameter:
     altair.Parameter
         Pass it as ``step`` to the chart builders; it starts at the last step.
     """
-    names = frames.run_names(ds) or [None]
-    steps = np.unique(
-        np.concatenate([frames.steps_of(frames.select_run(ds, run)) for run in names])
-    )
+    steps = np.unique(np.concatenate([runs.steps_of(one) for _, one in runs.each_run(ds)]))
     gaps = np.diff(steps)
     increment = int(np.gcd.reduce(gaps)) if gaps.size else 1
     return alt.param(
@@ -146,7 +162,8 @@ def density_chart(
     step: StepArg = None,
     *,
     sigma: float | None = None,
-    points: int = DEFAULT_POINTS,
+    scale: float = 1.0,
+    points: int = MAX_POINTS,
     x_scale: XScale = "linear",
     log_y: bool = True,
     band: bool = True,
@@ -165,10 +182,10 @@ def density_chart(
         Spectrum, run or runs (``nodes``/``weights`` over (run?, step?, probe, node)).
     step : int, None or slider parameter
         Which step (see the module docstring).
-    sigma, points, x_scale
-        Kernel width (default: the paper's, at least one grid spacing), grid size ``g``
-        and x scale (``"symlog"`` spreads the bulk near zero); ignored when
-        ``smoothing`` is given.
+    sigma, scale, points, x_scale
+        Kernel (default: each step's own paper width times ``scale``; ``sigma``: one width
+        for every step), most grid points per step and x scale (``"symlog"`` spreads the
+        bulk near zero); ignored when ``smoothing`` is given.
     log_y : bool
         Logarithmic density axis, clipped below at ``y_floor``.
     band : bool
@@ -179,32 +196,31 @@ def density_chart(
     y_max : float, optional
         Top of the y axis (default: just above the largest density drawn).
     smoothing : Smoothing, optional
-        Kernel and grid to use (e.g. one shared by several charts).
+        Kernels and x range to use (e.g. one shared by several charts).
 
     Returns
     -------
     altair chart
-        Layers: band (area), density (line), top eigenvalues (rules), step label (text).
-        Its data holds ``ds.hess.density(sigma, grid)`` at the step(s) shown.
+        Layers: band (area), density (line), top eigenvalues (rules), bulk edge (rule,
+        when stored), step label (text naming the step and its kernel width). The
+        subtitle states the kernel and, when a grid forced a wider kernel, by how much.
+        Its data holds ``ds.hess.density(sigma_s, grid_s)`` at the step(s) shown.
     """
-    sm = smoothing or frames.smoothing(ds, sigma, points, x_scale)
+    sm = smoothing or Smoothing.of(ds, sigma, points, x_scale, scale=scale)
     if log_y and not y_floor > 0:
         raise ValueError(f"y_floor must be positive on a log axis, got {y_floor}")
 
     def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
-        steps = None if _is_slider(step) else [frames.check_step(run_ds, step)]
+        steps = None if _is_slider(step) else [runs.check_step(run_ds, step)]
+        kernels = sm.kernels(run_ds)
+        drawn = kernels if steps is None else [k for k in kernels if k.step in steps]
         frame = _with_ends(frames.density_frame(run_ds, sm, steps, band=band), run_ds)
         upper = frame["upper"].max() if "upper" in frame else 0.0
         top_value = y_max or max(float(frame["density"].max()), float(upper)) * (
             3.0 if log_y else 1.05
         )
-        x = alt.X(
-            "eigenvalue:Q",
-            title="eigenvalue λ",
-            scale=alt.Scale(
-                type=sm.x_scale, domain=[float(sm.grid[0]), float(sm.grid[-1])], nice=False
-            ),
-        )
+        x_axis = alt.Scale(type=sm.x_scale, domain=list(sm.domain), nice=False)
+        x = alt.X("eigenvalue:Q", title="eigenvalue λ", scale=x_axis)
         y_scale = (
             alt.Scale(type="log", domain=[y_floor, top_value])
             if log_y
@@ -231,9 +247,12 @@ def density_chart(
                 x=x, y=alt.Y("lower_shown:Q", scale=y_scale), y2="upper_shown:Q"
             )
         rules = _top_rules(run_ds, step, x) if top and "top_eigenvalues" in run_ds else None
-        label = _step_label(run_ds, step, sm)
-        chart = _layer(area, line, rules, label).properties(
-            width=width, height=height, title=_title("Hessian eigenvalue density", run)
+        label = _step_label(run_ds, step, kernels)
+        subtitle = [f"kernel: {sm.describe()}", widening_note(drawn, sm.max_points)]
+        chart = _layer(area, line, rules, _bulk_edge_rule(run_ds, step, x_axis), label).properties(
+            width=width,
+            height=height,
+            title=_title("Hessian eigenvalue density", run, subtitle),
         )
         return _with_slider(chart, step)
 
@@ -259,9 +278,29 @@ def _top_rules(run_ds: xr.Dataset, step: StepArg, x: alt.X) -> alt.Chart:
     return rules.mark_rule(color="#c0504d", strokeDash=[3, 2]).encode(x=x, tooltip=tooltip)
 
 
-def _step_label(run_ds: xr.Dataset, step: StepArg, sm: Smoothing) -> alt.Chart:
-    """Text in the top-left corner naming the step shown (and lr, loss when stored)."""
-    steps = frames.steps_of(run_ds)
+def _bulk_edge_rule(run_ds: xr.Dataset, step: StepArg, x_axis: alt.Scale) -> alt.Chart | None:
+    """A dashed rule at ``bulk_edge`` of the current step, or None when not stored."""
+    names = [n for n in ("bulk_edge", "n_outliers", "outlier_gap") if n in run_ds]
+    if "bulk_edge" not in names:
+        return None
+    long = frames.scalar_frame(run_ds, names)
+    frame = long.pivot(index="step", columns="variable", values="value").reset_index()
+    frame = _with_ends(frame.dropna(subset=["bulk_edge"]), run_ds)
+    if frame.empty:
+        return None
+    tooltip = [alt.Tooltip("bulk_edge:Q", title="bulk edge", format=".4g")]
+    tooltip += [alt.Tooltip(f"{n}:Q", format=".3g") for n in names[1:]]
+    return (
+        alt.Chart(_data(frame))
+        .transform_filter(_current(step, run_ds))
+        .mark_rule(color=BULK_EDGE_COLOUR, strokeDash=[6, 3], strokeWidth=1.5)
+        .encode(x=alt.X("bulk_edge:Q", scale=x_axis), tooltip=tooltip)
+    )
+
+
+def _step_label(run_ds: xr.Dataset, step: StepArg, kernels: list[Kernel]) -> alt.Chart:
+    """Text in the top-left corner naming the step shown, its lr, loss and kernel width."""
+    steps = runs.steps_of(run_ds)
     labels = [f"step {s}" for s in steps]
     for name, fmt in (("lr", "lr {:.3g}"), ("loss", "loss {:.4g}")):
         if name in run_ds:
@@ -270,7 +309,10 @@ def _step_label(run_ds: xr.Dataset, step: StepArg, sm: Smoothing) -> alt.Chart:
                 f"{lab} · {fmt.format(v)}" if np.isfinite(v) else lab
                 for lab, v in zip(labels, values, strict=True)
             ]
-    labels = [f"{lab} · σ {sm.sigma:.3g}" for lab in labels]
+    labels = [
+        f"{lab} · σ {k.sigma:.3g}" + (f" (×{k.widening:.2g} widened)" if k.widened else "")
+        for lab, k in zip(labels, kernels, strict=True)
+    ]
     frame = _with_ends(pd.DataFrame({"step": steps, "label": labels}), run_ds)
     return (
         alt.Chart(_data(frame))
@@ -417,7 +459,9 @@ def density_heatmap(
     step: StepArg = None,
     *,
     sigma: float | None = None,
-    points: int = 150,
+    scale: float = 1.0,
+    points: int = MAX_POINTS,
+    cells: int = HEAT_CELLS,
     x_scale: XScale = "linear",
     decades: float = 10.0,
     smoothing: Smoothing | None = None,
@@ -426,36 +470,44 @@ def density_heatmap(
 ) -> alt.TopLevelMixin:
     """Heat map of ``log10`` density over training (step x eigenvalue), lr drops dashed.
 
+    Each step is smoothed with its own kernel (as in :func:`density_chart`) and each cell
+    shows the mean density over its height, so peaks narrower than a cell keep their mass.
+
     Parameters
     ----------
     ds : xarray.Dataset
         Run(s) with ``nodes``/``weights`` over step.
     step : int, None or slider parameter
         Marked by a vertical rule.
-    sigma, points, x_scale, smoothing
+    sigma, scale, points, x_scale, smoothing
         As in :func:`density_chart` (``x_scale`` applies to the eigenvalue axis, here y).
+    cells : int
+        Cells along the eigenvalue axis.
     decades : float
         Colour range below the maximum, in powers of ten.
 
     Returns
     -------
     altair chart
-        Layers: cells (rects), lr drops (rules), current-step rule.
+        Layers: cells (rects), lr drops (rules), current-step rule. The subtitle states
+        the kernel and the cell height.
     """
-    sm = smoothing or frames.smoothing(ds, sigma, points, x_scale)
+    sm = smoothing or Smoothing.of(ds, sigma, points, x_scale, scale=scale)
+    height_of_cell = (sm.domain[1] - sm.domain[0]) / cells
+    subtitle = [f"kernel: {sm.describe()}", f"mean over cells {height_of_cell:.3g} high"]
 
     def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
-        frame = frames.heat_frame(run_ds, sm, decades)
-        cells = (
+        frame = frames.heat_frame(run_ds, sm, cells, decades)
+        rects = (
             alt.Chart(_data(frame))
-            .mark_rect()
+            .mark_rect(clip=True)
             .encode(
                 x=alt.X("step:Q", title="training step"),
                 x2="step_end:Q",
                 y=alt.Y(
                     "eigenvalue:Q",
                     title="eigenvalue λ",
-                    scale=alt.Scale(type=sm.x_scale, nice=False),
+                    scale=alt.Scale(type=sm.x_scale, domain=list(sm.domain), nice=False),
                 ),
                 y2="eigenvalue_end:Q",
                 color=alt.Color(
@@ -468,16 +520,106 @@ def density_heatmap(
                 ],
             )
         )
-        now = _with_ends(pd.DataFrame({"step": frames.steps_of(run_ds)}), run_ds)
+        now = _with_ends(pd.DataFrame({"step": runs.steps_of(run_ds)}), run_ds)
         marker = (
             alt.Chart(_data(now))
             .transform_filter(_current(step, run_ds))
             .mark_rule(color="white", strokeWidth=2)
             .encode(x="step:Q")
         )
-        chart = _layer(cells, _lr_layer(run_ds), marker).properties(
-            width=width, height=height, title=_title("log-density over training", run)
+        chart = _layer(rects, _lr_layer(run_ds), marker).properties(
+            width=width, height=height, title=_title("log-density over training", run, subtitle)
         )
         return _with_slider(chart, step)
 
     return _side_by_side(ds, one)
+
+
+def _statistics_frame(ds: xr.Dataset, names: list[str], step: StepArg) -> pd.DataFrame:
+    """Statistics of every run in long form.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``step``, ``variable``, ``value``, ``step_end``, ``run`` and, unless ``step`` is a
+        slider, ``shown``: whether the row is at that run's current step.
+    """
+    parts = []
+    for name, run_ds in runs.each_run(ds):
+        frame = _with_ends(frames.scalar_frame(run_ds, names), run_ds).assign(run=name or "")
+        if not _is_slider(step):
+            steps = runs.steps_of(run_ds)
+            current = steps[-1] if step is None else step
+            frame = frame.assign(shown=frame["step"] == current)
+        parts.append(frame)
+    frame = pd.concat(parts, ignore_index=True)
+    if not _is_slider(step) and not frame["shown"].any():
+        runs.check_step(runs.each_run(ds)[0][1], step)  # raises, naming the recorded steps
+    return frame
+
+
+def statistics_chart(
+    ds: xr.Dataset,
+    step: StepArg = None,
+    *,
+    width: int = STATISTIC_WIDTH,
+    height: int = STATISTIC_HEIGHT,
+) -> alt.TopLevelMixin:
+    """The spectrum statistics over training: one panel each, one line per run.
+
+    Panels (those stored): ``outlier_gap`` (λ₁ / bulk edge, log axis), ``n_outliers``
+    (top Ritz values isolated above the bulk), ``lambda_min`` and ``negative_mass``
+    (quadrature weight on negative eigenvalues); see :mod:`hessnb.linalg.statistics`.
+    Runs are overlaid, coloured by run, so their statistics compare at a glance.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Run(s) holding at least one of the statistics over ``step``.
+    step : int, None or slider parameter
+        Marked on every line (a run that did not record an int ``step`` has no marker).
+    width, height : int
+        Size of each panel in pixels.
+
+    Returns
+    -------
+    altair chart
+        One base chart of all statistics; each panel layers its line and the
+        current-step marker on it; panels side by side.
+
+    Raises
+    ------
+    ValueError
+        ``ds`` holds none of the statistics (a run file written before they existed).
+    """
+    names = [n for n in STATISTIC_PANELS if n in frames.statistics_in(ds)]
+    if not names:
+        raise ValueError(
+            f"statistics_chart needs one of {', '.join(STATISTIC_PANELS)}, which this "
+            "dataset lacks (a run file written before hessnb stored them)"
+        )
+    frame = _statistics_frame(ds, names, step)
+    several = len(runs.run_names(ds)) > 1
+    base = alt.Chart(_data(frame)).encode(
+        x=alt.X("step:Q", title="training step"),
+        color=alt.Color("run:N", title="run") if several else alt.value("#1f4e79"),
+        tooltip=["run:N", "step:Q", alt.Tooltip("value:Q", format=".4g")]
+        if several
+        else ["step:Q", alt.Tooltip("value:Q", format=".4g")],
+    )
+    current = _current(step, ds) if _is_slider(step) else "datum.shown"
+    panels = []
+    for name in names:
+        title, log = STATISTIC_PANELS[name]
+        y = alt.Y(
+            "value:Q",
+            title=title,
+            scale=alt.Scale(type="log") if log else alt.Scale(zero=name == "n_outliers"),
+            axis=alt.Axis(tickMinStep=1, format="d") if name == "n_outliers" else alt.Axis(),
+        )
+        panel = base.transform_filter(alt.datum.variable == name).encode(y=y)
+        line = panel.mark_line(point=True)
+        marker = panel.transform_filter(current).mark_point(filled=True, size=90, opacity=1)
+        panels.append(alt.layer(line, marker).properties(width=width, height=height, title=name))
+    chart = alt.hconcat(*panels).properties(title="spectrum statistics over training")
+    return _with_slider(chart, step)

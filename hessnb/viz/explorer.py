@@ -3,10 +3,13 @@
 Controls (a step slider with a play button, a kernel-width slider, a log/linear toggle,
 a run selector and a refresh button) redraw one ``alt.JupyterChart``: the density at the
 current step with the top eigenvalues as rules coloured and sized by their share of the
-gradient, beside the ``grad_fraction`` curve with a marker at the current step. Nothing
-is computed here beyond ``ds.hess`` (through :mod:`hessnb.viz.charts`); re-smoothing
-reuses the stored quadrature nodes and weights. ``JupyterChart`` is an anywidget, so no
-front-end build step is needed (JupyterLab, Notebook 7, VS Code, Binder).
+gradient and the bulk edge marked, beside the ``grad_fraction`` curve, above the spectrum
+statistics over training (when the run stores them), each with a marker at the current
+step. Every step is smoothed with its own paper kernel (:mod:`hessnb.viz.smoothing`);
+the σ slider multiplies all of them (1 = the paper's). Nothing is computed here beyond
+``ds.hess`` (through :mod:`hessnb.viz.charts`); re-smoothing reuses the stored quadrature
+nodes and weights. ``JupyterChart`` is an anywidget, so no front-end build step is needed
+(JupyterLab, Notebook 7, VS Code, Binder).
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import xarray as xr
 
 from hessnb.linalg.quadrature import check_sigma
 from hessnb.schema import QUADRATURE, require
-from hessnb.viz import charts, frames
-from hessnb.viz.frames import DEFAULT_POINTS, XScale
+from hessnb.viz import charts, frames, runs
+from hessnb.viz.offline import offline_available, warn_online
+from hessnb.viz.smoothing import MAX_POINTS, Kernel, Smoothing, XScale
 
 __all__ = ["Explorer", "explore"]
 
 Source = xr.Dataset | str | Path | Callable[[], xr.Dataset] | Any
-#: Kernel-width slider range around the default width, in powers of ten.
+#: Kernel-width slider range around the paper's widths (multiplier 1), in powers of ten.
 SIGMA_DECADES_BELOW, SIGMA_DECADES_ABOVE = 1.0, 2.0
 #: Panel widths (px) that fit a notebook's output area side by side.
 DENSITY_WIDTH, GRAD_WIDTH = 360, 220
@@ -42,8 +46,10 @@ def _jupyter_chart(chart: alt.TopLevelMixin, offline: bool) -> Any:
             "the explorer draws with altair.JupyterChart, which needs the anywidget package: "
             "pip install anywidget"
         ) from err
-    if offline:
+    if offline and offline_available():
         alt.JupyterChart.enable_offline()  # Vega's JavaScript from vl-convert, not a CDN
+    elif offline:
+        warn_online("the explorer")
     return alt.JupyterChart(chart, embed_options={"renderer": "svg", "actions": False})
 
 
@@ -61,10 +67,11 @@ class Explorer(widgets.VBox):
         Run shown first when the dataset holds several (default: the first).
     step : int, optional
         Step shown first (default: the last recorded).
-    sigma : float, optional
-        Kernel width (default: the paper's, at least one grid spacing).
+    sigma_scale : float
+        Multiplier of every step's own paper kernel width, where the σ slider starts
+        (1 = the paper's kernel).
     points : int
-        Grid points of the density.
+        Most grid points of one step's density.
     log_y : bool
         Start with a logarithmic density axis.
     x_scale : {"linear", "symlog"}
@@ -72,7 +79,8 @@ class Explorer(widgets.VBox):
     band : bool
         Draw the probe-bootstrap band when the run has several probes.
     offline : bool
-        Load Vega's JavaScript from vl-convert instead of a CDN (works without network).
+        Load Vega's JavaScript from vl-convert instead of a CDN (works without network);
+        without vl-convert installed it warns once and uses the CDN.
     interval_ms : int
         Delay between frames of the play button.
 
@@ -90,8 +98,8 @@ class Explorer(widgets.VBox):
         *,
         run: str | None = None,
         step: int | None = None,
-        sigma: float | None = None,
-        points: int = DEFAULT_POINTS,
+        sigma_scale: float = 1.0,
+        points: int = MAX_POINTS,
         log_y: bool = True,
         x_scale: XScale = "linear",
         band: bool = True,
@@ -105,18 +113,17 @@ class Explorer(widgets.VBox):
         self._y_max: dict[tuple[Any, ...], float] = {}
         self._quiet = False
         self.dataset = self._load()
-        names = frames.run_names(self.dataset)
+        names = runs.run_names(self.dataset)
         run = (run or names[0]) if names else None
-        self._run_ds = frames.select_run(self.dataset, run)
-        first = frames.smoothing(self.dataset, sigma, points, x_scale)
-        self._smoothing = first
+        self._run_ds = runs.select_run(self.dataset, run)
+        self._smoothing = Smoothing.of(self.dataset, None, points, x_scale, scale=sigma_scale)
 
         self.run_select = widgets.Dropdown(options=names, value=run, description="run")
         self.run_select.layout.display = None if names else "none"
         self.step_slider = widgets.SelectionSlider(
             options=self._step_options(), description="step", continuous_update=False
         )
-        self.step_slider.value = frames.check_step(self._run_ds, step)
+        self.step_slider.value = runs.check_step(self._run_ds, step)
         self.play = widgets.Play(
             min=0,
             max=len(self.step_slider.options) - 1,
@@ -124,14 +131,15 @@ class Explorer(widgets.VBox):
             interval=interval_ms,
         )
         widgets.link((self.play, "value"), (self.step_slider, "index"))
-        centre = math.log10(first.sigma)
+        centre = math.log10(self._smoothing.scale)
         self.sigma_slider = widgets.FloatLogSlider(
-            value=first.sigma,
+            value=self._smoothing.scale,
             base=10,
-            min=centre - SIGMA_DECADES_BELOW,
-            max=centre + SIGMA_DECADES_ABOVE,
+            min=min(centre, 0.0) - SIGMA_DECADES_BELOW,
+            max=max(centre, 0.0) + SIGMA_DECADES_ABOVE,
             step=0.05,
-            description="σ",
+            description="σ × paper",
+            style={"description_width": "initial"},
             readout_format=".3g",
             continuous_update=False,
         )
@@ -159,7 +167,7 @@ class Explorer(widgets.VBox):
         if isinstance(source, xr.Dataset):
             ds = source
         elif isinstance(source, (str, Path)):
-            ds = frames.open_path(source)
+            ds = runs.open_path(source)
         elif callable(source):
             ds = source()
         elif hasattr(source, "dataset"):  # a hessnb.Tracker: the run recorded so far
@@ -174,7 +182,7 @@ class Explorer(widgets.VBox):
         return require(ds, QUADRATURE, "the explorer")
 
     def _step_options(self) -> list[tuple[str, int]]:
-        return [(str(s), int(s)) for s in frames.steps_of(self._run_ds)]
+        return [(str(s), int(s)) for s in runs.steps_of(self._run_ds)]
 
     @property
     def step(self) -> int:
@@ -183,15 +191,15 @@ class Explorer(widgets.VBox):
 
     @step.setter
     def step(self, value: int) -> None:
-        self.step_slider.value = frames.check_step(self._run_ds, value)
+        self.step_slider.value = runs.check_step(self._run_ds, value)
 
     @property
-    def sigma(self) -> float:
-        """Kernel width; setting it re-smooths the stored quadrature (must be > 0)."""
+    def sigma_scale(self) -> float:
+        """Multiplier of every step's paper kernel width; setting it re-smooths (> 0)."""
         return float(self.sigma_slider.value)
 
-    @sigma.setter
-    def sigma(self, value: float) -> None:
+    @sigma_scale.setter
+    def sigma_scale(self, value: float) -> None:
         value = check_sigma(value)
         exponent = math.log10(value)
         slider = self.sigma_slider
@@ -200,8 +208,19 @@ class Explorer(widgets.VBox):
             slider.value = value
 
     @property
+    def kernel(self) -> Kernel:
+        """Kernel width and grid of the density drawn (the current step's own)."""
+        one = self._run_ds.sel(step=[self.step])
+        return self.smoothing.kernels(one)[0]
+
+    @property
+    def sigma(self) -> float:
+        """Kernel width drawn at the current step (``sigma_scale`` x that step's paper σ)."""
+        return self.kernel.sigma
+
+    @property
     def points(self) -> int:
-        """Grid points of the density (fixed when the explorer is made)."""
+        """Most grid points of one step's density (fixed when the explorer is made)."""
         return self._points
 
     @property
@@ -220,41 +239,45 @@ class Explorer(widgets.VBox):
 
     @run.setter
     def run(self, value: str) -> None:
-        names = frames.run_names(self.dataset)
+        names = runs.run_names(self.dataset)
         if value not in names:
             raise ValueError(f"no run named {value!r}; the dataset holds runs {names}")
         self.run_select.value = value
 
     @property
-    def smoothing(self) -> frames.Smoothing:
-        """Kernel width and grid of the density drawn (shared by every step and run)."""
-        if self._smoothing.sigma != self.sigma:
-            self._smoothing = frames.smoothing(
-                self.dataset, self.sigma, self._points, self._x_scale
+    def smoothing(self) -> Smoothing:
+        """How the densities are smoothed (each step's paper kernel times ``sigma_scale``)."""
+        if self._smoothing.scale != self.sigma_scale:
+            self._smoothing = Smoothing.of(
+                self.dataset, None, self._points, self._x_scale, scale=self.sigma_scale
             )
         return self._smoothing
 
     def density(self) -> xr.DataArray:
         """The density drawn: ``ds.hess.density(sigma, grid)`` of the run at the step."""
-        sm = self.smoothing
-        return (
-            self._run_ds.sel(step=[self.step])
-            .hess.density(sigma=sm.sigma, grid=sm.grid)
-            .isel(step=0)
-        )
+        kernel = self.kernel
+        one = self._run_ds.sel(step=[self.step])
+        return one.hess.density(sigma=kernel.sigma, grid=kernel.grid).isel(step=0)
 
     # ------------------------------------------------------------------ drawing
     def _top_of_axis(self) -> float:
         """Largest density over every step of the run (fixed axis while stepping)."""
         sm = self.smoothing
-        key = (self.run, sm.sigma, self.log_y, self._run_ds.sizes["step"])
+        key = (self.run, sm.scale, self.log_y, self._run_ds.sizes["step"])
         if key not in self._y_max:
-            peak = float(self._run_ds.hess.density(sigma=sm.sigma, grid=sm.grid).max())
+            peak = float(frames.density_frame(self._run_ds, sm)["density"].max())
             self._y_max[key] = peak * (3.0 if self.log_y else 1.15)
         return self._y_max[key]
 
     def build_chart(self) -> alt.TopLevelMixin:
-        """The chart for the current controls (density and, when stored, gradient share)."""
+        """The chart for the current controls.
+
+        Returns
+        -------
+        altair chart
+            The density; beside it the gradient share (when stored); below them the
+            spectrum statistics over training (when stored).
+        """
         step = int(self.step_slider.value)
         density = charts.density_chart(
             self._run_ds,
@@ -265,9 +288,13 @@ class Explorer(widgets.VBox):
             y_max=self._top_of_axis(),
             width=DENSITY_WIDTH,
         )
-        if "grad_fraction" not in self._run_ds:
-            return density
-        return alt.hconcat(density, charts.gradient_chart(self._run_ds, step, width=GRAD_WIDTH))
+        top = density
+        if "grad_fraction" in self._run_ds:
+            gradient = charts.gradient_chart(self._run_ds, step, width=GRAD_WIDTH)
+            top = alt.hconcat(density, gradient)
+        if not frames.statistics_in(self._run_ds):
+            return top
+        return alt.vconcat(top, charts.statistics_chart(self._run_ds, step))
 
     def _redraw(self, _change: Any = None) -> None:
         if self._quiet:
@@ -276,18 +303,21 @@ class Explorer(widgets.VBox):
         self._update_status()
 
     def _update_status(self) -> None:
-        steps = frames.steps_of(self._run_ds)
+        steps = runs.steps_of(self._run_ds)
+        kernel = self.kernel
         run = f"run <b>{self.run}</b> · " if self.run is not None else ""
+        widened = f", widened ×{kernel.widening:.2g} to fit the grid" if kernel.widened else ""
         self.status.value = (
             f"{run}{steps.size} recorded steps ({steps[0]}…{steps[-1]}) · "
-            f"σ = {self.sigma:.3g} · {self._points} grid points"
+            f"σ = {self.sigma_scale:.3g} × the paper's, {kernel.sigma:.3g} at step "
+            f"{self.step}{widened} · {kernel.grid.size} grid points"
         )
 
     def _reselect(self, run: str | None) -> None:
         """Point the controls at ``run`` of the current dataset, keeping the step if any."""
         old_step = self.step
         was_last = self.step_slider.index == len(self.step_slider.options) - 1
-        self._run_ds = frames.select_run(self.dataset, run)
+        self._run_ds = runs.select_run(self.dataset, run)
         options = self._step_options()
         steps = [s for _, s in options]
         self._quiet = True
@@ -311,9 +341,11 @@ class Explorer(widgets.VBox):
         self.dataset = (
             self._load() if dataset is None else require(dataset, QUADRATURE, "the explorer")
         )
-        self._smoothing = frames.smoothing(self.dataset, self.sigma, self._points, self._x_scale)
+        self._smoothing = Smoothing.of(
+            self.dataset, None, self._points, self._x_scale, scale=self.sigma_scale
+        )
         self._y_max.clear()
-        names = frames.run_names(self.dataset)
+        names = runs.run_names(self.dataset)
         run = self.run if self.run in names else (names or [None])[0]
         self._quiet = True
         try:
@@ -334,8 +366,8 @@ def explore(source: Source, **kwargs: Any) -> Explorer:
     source : xarray.Dataset, path, hessnb.Tracker or callable
         As for :class:`Explorer`.
     **kwargs
-        Keyword arguments of :class:`Explorer` (``run``, ``step``, ``sigma``, ``points``,
-        ``log_y``, ``x_scale``, ``band``, ``offline``, ``interval_ms``).
+        Keyword arguments of :class:`Explorer` (``run``, ``step``, ``sigma_scale``,
+        ``points``, ``log_y``, ``x_scale``, ``band``, ``offline``, ``interval_ms``).
 
     Returns
     -------

@@ -1,308 +1,109 @@
 """Long tables behind the charts, read from run datasets through ``ds.hess``.
 
 Views never compute spectra: every density here is ``ds.hess.density`` (or
-``density_band``) of stored quadrature nodes and weights, evaluated on one grid shared
-by every step (and run) of a view so that steps and runs can be compared point by point.
-The functions also hold the checks that turn bad input into clear errors; the dataset
-contract itself is :mod:`hessnb.schema`, and kernel widths and grid ends are those of
-:mod:`hessnb.linalg.quadrature`.
+``density_band``) of stored quadrature nodes and weights, each step with its own kernel
+and grid (:mod:`hessnb.viz.smoothing`). The per-step statistics (``lambda_min``,
+``outlier_gap``, ...) are read as stored; run files written before they existed simply
+lack them, and :func:`statistics_in` says which a dataset holds.
 """
 
 from __future__ import annotations
 
-import json
+import io
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy.integrate import cumulative_trapezoid
 
 from hessnb import accessor  # noqa: F401  (registers ds.hess)
-from hessnb.linalg.quadrature import check_sigma, default_sigma, grid_bounds
-from hessnb.schema import QUADRATURE, require
+from hessnb.linalg.statistics import STATISTICS
+from hessnb.schema import require
+from hessnb.viz.runs import check_step, step_ends, steps_of
+from hessnb.viz.smoothing import Smoothing
 
 __all__ = [
-    "DEFAULT_POINTS",
-    "Smoothing",
-    "check_step",
     "density_frame",
-    "from_json",
+    "from_csv",
     "heat_frame",
+    "kernel_frame",
     "lr_drops",
-    "open_path",
-    "resolving_sigma",
-    "run_names",
     "scalar_frame",
-    "select_run",
-    "smoothing",
-    "step_ends",
-    "steps_of",
-    "to_json",
+    "statistics_in",
+    "to_csv",
     "top_frame",
 ]
 
-#: Grid points of a view: enough for a smooth line, few enough to ship every step as JSON.
-DEFAULT_POINTS = 600
-XScale = Literal["linear", "symlog"]
-#: Iterations of the fixed point "kernel width = one spacing of the grid it pads".
-RESOLVE_ITERATIONS = 50
 
+def to_csv(frame: pd.DataFrame) -> tuple[str, dict[str, str]]:
+    """Rows as CSV text for Vega, with the parse directive that types its columns.
 
-@dataclass(frozen=True)
-class Smoothing:
-    """Kernel width and evaluation grid shared by every step and run of a view.
-
-    Attributes
-    ----------
-    sigma : float
-        Standard deviation of the Gaussian kernel, in eigenvalue units.
-    grid : array, shape (g,)
-        Eigenvalues at which densities are evaluated (increasing).
-    x_scale : {"linear", "symlog"}
-        ``"symlog"`` grids are uniform in ``sign(x) log(1 + |x|)``.
-    """
-
-    sigma: float
-    grid: np.ndarray
-    x_scale: str = "linear"
-
-
-# ---------------------------------------------------------------------- runs and steps
-def open_path(path: str | Path) -> xr.Dataset:
-    """Load a run file into memory with ``hessnb.open_run`` (the file is closed again)."""
-    from hessnb.runfile import open_run
-
-    return open_run(path)
-
-
-def run_names(ds: xr.Dataset) -> list[str]:
-    """Names along the ``run`` dimension, or ``[]`` for a single run."""
-    if "run" not in ds.dims:
-        return []
-    return (
-        [str(r) for r in ds["run"].values]
-        if "run" in ds.coords
-        else [str(i) for i in range(ds.sizes["run"])]
-    )
-
-
-def _as_run(ds: xr.Dataset) -> xr.Dataset:
-    """A single spectrum (no ``step`` dim) becomes a run of one step, step 0."""
-    if "step" not in ds.dims:
-        return ds.expand_dims(step=[0])
-    return ds
-
-
-def select_run(ds: xr.Dataset, run: str | None = None) -> xr.Dataset:
-    """One run of ``ds``, keeping only the steps at which it recorded a spectrum.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        A run (dims step, probe, node, ...) or several along ``run``.
-    run : str, optional
-        Which run; required when ``ds`` holds several.
+    Floats are written in full (they round-trip exactly), NaN as an empty field (which
+    Vega parses as null), booleans as 0/1.
 
     Returns
     -------
-    xarray.Dataset
-        Without a ``run`` dimension, with a ``step`` dimension (a single spectrum becomes
-        step 0).
-
-    Raises
-    ------
-    ValueError
-        Unknown run, or a run without any recorded step.
+    text : str
+        A header line, then one line per row.
+    parse : dict
+        Column -> ``"number"`` for numeric and boolean columns (the rest stay strings).
     """
-    require(ds, QUADRATURE, "a spectrum view")
-    names = run_names(ds)
-    label = run
-    if names:
-        if run is None:
-            if len(names) > 1:
-                raise ValueError(f"the dataset holds runs {names}; pass run=<one of them>")
-            run = names[0]
-        if str(run) not in names:
-            raise ValueError(f"no run named {run!r}; the dataset holds runs {names}")
-        position = names.index(str(run))
-        ds = ds.isel(run=position, drop=True)
-        label = str(run)
-    ds = _as_run(ds)
-    if ds.sizes["step"]:
-        recorded = np.isfinite(ds["nodes"]).any([d for d in ds["nodes"].dims if d != "step"])
-        ds = ds.isel(step=np.flatnonzero(recorded.values))
-    if ds.sizes["step"] == 0:
-        name = f"run {label!r}" if label is not None else "the run"
-        raise ValueError(
-            f"{name} holds no recorded steps yet (it is empty); track at least one step "
-            "before viewing it"
-        )
-    return ds
+    frame = frame.copy()
+    parse = {}
+    for name in frame.columns:
+        if pd.api.types.is_bool_dtype(frame[name]):
+            frame[name] = frame[name].astype(np.int8)
+        if pd.api.types.is_numeric_dtype(frame[name]):
+            parse[str(name)] = "number"
+    return frame.to_csv(index=False, lineterminator="\n"), parse
 
 
-def steps_of(ds: xr.Dataset) -> np.ndarray:
-    """Recorded steps of a single run, shape (s,), int64, increasing."""
-    return np.asarray(ds["step"].values, dtype=np.int64)
-
-
-def check_step(ds: xr.Dataset, step: int | None) -> int:
-    """``step`` if the run recorded it (the last step when None), else a clear error.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        A single run (from :func:`select_run`).
-    step : int, optional
-        A training step.
-
-    Returns
-    -------
-    int
-        The step.
-
-    Raises
-    ------
-    TypeError
-        ``step`` is not an int.
-    ValueError
-        The run did not record ``step`` (the message names the nearest recorded step).
-    """
-    steps = steps_of(ds)
-    if step is None:
-        return int(steps[-1])
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
-        raise TypeError(f"step must be an int (a training step), got {type(step).__name__}")
-    if int(step) not in set(steps.tolist()):
-        nearest = int(steps[np.argmin(np.abs(steps - int(step)))])
-        shown = ", ".join(map(str, steps[:12])) + (", ..." if steps.size > 12 else "")
-        raise ValueError(
-            f"step {int(step)} was not recorded; recorded steps are {shown} (nearest: {nearest})"
-        )
-    return int(step)
-
-
-def step_ends(steps: np.ndarray) -> np.ndarray:
-    """For each step, the next recorded step (a slider value in ``[step, end)`` shows it).
-
-    Parameters
-    ----------
-    steps : array, shape (s,)
-        Recorded steps, increasing.
-
-    Returns
-    -------
-    array, shape (s,)
-        The following step; the last step gets ``step + max(1, last gap)``.
-    """
-    steps = np.asarray(steps, dtype=np.int64)
-    gap = int(np.diff(steps).max()) if steps.size > 1 else 1
-    return np.append(steps[1:], steps[-1] + max(gap, 1))
-
-
-# ---------------------------------------------------------------------- smoothing
-def _symlog(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.log1p(np.abs(x))
-
-
-def _symexp(u: np.ndarray) -> np.ndarray:
-    return np.sign(u) * np.expm1(np.abs(u))
-
-
-def resolving_sigma(nodes: np.ndarray, points: int) -> float:
-    """The paper's kernel width, widened to one spacing of the grid it is evaluated on.
-
-    The grid spans :func:`hessnb.linalg.quadrature.grid_bounds`, whose padding grows with
-    the width, so the width is iterated to the fixed point
-    ``sigma = max(default_sigma(nodes), (hi - lo) / (points - 1))``.
-
-    Parameters
-    ----------
-    nodes : array, any shape
-        Quadrature nodes (NaN entries are ignored; at least one must be finite).
-    points : int
-        Grid points ``g``.
-
-    Returns
-    -------
-    float
-        A width at which no isolated node's peak falls between two grid points.
-    """
-    paper = sigma = default_sigma(nodes)
-    for _ in range(RESOLVE_ITERATIONS):
-        lo, hi = grid_bounds(nodes, sigma)
-        sigma = max(paper, (hi - lo) / (points - 1))
-    return sigma
-
-
-def smoothing(
-    ds: xr.Dataset,
-    sigma: float | None = None,
-    points: int = DEFAULT_POINTS,
-    x_scale: XScale = "linear",
-) -> Smoothing:
-    """Kernel width and grid for a view of ``ds`` (all its steps and runs).
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        Holds ``nodes``; every finite node, padded as in
-        :func:`hessnb.linalg.quadrature.grid_bounds`, is covered by the grid.
-    sigma : float, optional
-        Kernel standard deviation. Default: the paper's ``sqrt(1e-5 * max(1, range))``,
-        widened to one grid spacing (:func:`resolving_sigma`).
-    points : int
-        Grid points ``g``.
-    x_scale : {"linear", "symlog"}
-        Grid uniform in eigenvalue, or in ``sign(x) log(1 + |x|)`` (Vega-Lite's symlog).
-
-    Returns
-    -------
-    Smoothing
-        ``grid`` has shape ``(points,)``.
-    """
-    require(ds, QUADRATURE, "a density view")
-    if x_scale not in ("linear", "symlog"):
-        raise ValueError(f"x_scale must be 'linear' or 'symlog', got {x_scale!r}")
-    if isinstance(points, bool) or not isinstance(points, (int, np.integer)) or points < 2:
-        raise ValueError(f"points must be an int >= 2 (grid size), got {points!r}")
-    if sigma is not None:
-        sigma = check_sigma(sigma)
-    nodes = np.asarray(ds["nodes"].values, dtype=np.float64)
-    nodes = nodes[np.isfinite(nodes)]
-    if nodes.size == 0:
-        raise ValueError(
-            "the dataset is empty (no finite quadrature nodes, no recorded steps); track at "
-            "least one step before viewing it"
-        )
-    if sigma is None:
-        sigma = resolving_sigma(nodes, int(points))
-    lo, hi = grid_bounds(nodes, sigma)
-    if x_scale == "linear":
-        grid = np.linspace(lo, hi, int(points))
-    else:
-        grid = _symexp(np.linspace(_symlog(lo), _symlog(hi), int(points)))
-    return Smoothing(sigma=float(sigma), grid=grid, x_scale=x_scale)
-
-
-# ---------------------------------------------------------------------- tables
-def to_json(frame: pd.DataFrame) -> str:
-    """Rows as a JSON array of objects (NaN as null; floats round-trip exactly)."""
-    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-    return json.dumps(rows, separators=(",", ":"))
-
-
-def from_json(text: str) -> pd.DataFrame:
-    """Inverse of :func:`to_json` (for reading a chart's data back)."""
-    return pd.DataFrame(json.loads(text))
+def from_csv(text: str) -> pd.DataFrame:
+    """Inverse of :func:`to_csv` (for reading a chart's data back; floats exactly)."""
+    # pandas 3 parses floats round-trip by default and deprecates asking for it
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+    return pd.read_csv(io.StringIO(text), **exact)
 
 
 def _steps(ds: xr.Dataset, steps: Sequence[int] | None) -> xr.Dataset:
     if steps is None:
         return ds
     return ds.sel(step=[check_step(ds, int(s)) for s in steps])
+
+
+def kernel_frame(ds: xr.Dataset, sm: Smoothing) -> pd.DataFrame:
+    """The kernel of every recorded step of one run.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A single run (from :func:`hessnb.viz.runs.select_run`), ``s`` steps.
+    sm : Smoothing
+        The view's smoothing.
+
+    Returns
+    -------
+    pandas.DataFrame, s rows
+        ``step``, ``paper_sigma`` (the paper's width for that step's nodes), ``sigma``
+        (the width drawn), ``widening`` (drawn / requested, 1 unless the grid forced a
+        wider kernel) and ``points`` (grid size).
+    """
+    kernels = sm.kernels(ds)
+    return pd.DataFrame(
+        {
+            "step": [k.step for k in kernels],
+            "paper_sigma": [k.paper for k in kernels],
+            "sigma": [k.sigma for k in kernels],
+            "widening": [k.widening for k in kernels],
+            "points": [k.grid.size for k in kernels],
+        }
+    )
+
+
+#: Fewest probes for which a bootstrap band is drawn: resampling fewer probes than this
+#: gives quantiles of a handful of curves, not an uncertainty worth drawing.
+MIN_BAND_PROBES = 8
 
 
 def density_frame(
@@ -312,16 +113,17 @@ def density_frame(
     band: bool = False,
     level: float = 0.9,
 ) -> pd.DataFrame:
-    """Densities of one run at ``steps`` (all when None) on ``sm.grid``.
+    """Densities of one run at ``steps`` (all when None), each on its own grid.
 
     Parameters
     ----------
     ds : xarray.Dataset
-        A single run (from :func:`select_run`).
+        A single run (from :func:`hessnb.viz.runs.select_run`).
     sm : Smoothing
-        Kernel width and grid (``g`` points).
+        The view's smoothing: step ``s`` is smoothed with its kernel ``k_s``
+        (``Smoothing.kernels``), on ``g_s`` grid points.
     steps : sequence of int, optional
-        Recorded steps to include (``s`` of them).
+        Recorded steps to include.
     band : bool
         Add the probe-bootstrap band.
     level : float
@@ -329,61 +131,83 @@ def density_frame(
 
     Returns
     -------
-    pandas.DataFrame, s * g rows
-        ``step``, ``eigenvalue``, ``density`` (= ``ds.hess.density(sm.sigma, sm.grid)``)
-        and, when ``band`` and there are at least 2 probes, ``lower``/``upper``: the
-        probe-bootstrap ``level`` band of ``ds.hess.density_band``.
+    pandas.DataFrame, sum of g_s rows
+        ``step``, ``eigenvalue``, ``density`` (= ``ds.hess.density(k_s.sigma,
+        k_s.grid)`` at that step) and, when ``band`` and there are at least
+        :data:`MIN_BAND_PROBES` probes, ``lower``/``upper``: the probe-bootstrap
+        ``level`` band of ``ds.hess.density_band``.
     """
     sub = _steps(ds, steps)
-    dens = sub.hess.density(sigma=sm.sigma, grid=sm.grid)
-    frame = dens.to_dataframe().reset_index()[["step", "eigenvalue", "density"]]
-    if band and sub.sizes.get("probe", 1) >= 2:
-        # one step at a time: the bootstrap holds (resamples, g) per call
-        bands = [
-            sub.isel(step=[i]).hess.density_band(sigma=sm.sigma, grid=sm.grid, level=level)
-            for i in range(sub.sizes["step"])
-        ]
-        both = xr.concat(bands, dim="step")
-        frame["lower"] = both["lower"].values.ravel()
-        frame["upper"] = both["upper"].values.ravel()
-    return frame
+    with_band = band and sub.sizes.get("probe", 1) >= MIN_BAND_PROBES
+    parts = []
+    for kernel in sm.kernels(sub):
+        one = sub.sel(step=[kernel.step])
+        dens = one.hess.density(sigma=kernel.sigma, grid=kernel.grid).isel(step=0)
+        part = {"step": kernel.step, "eigenvalue": kernel.grid, "density": dens.values}
+        if with_band:
+            bounds = one.hess.density_band(sigma=kernel.sigma, grid=kernel.grid, level=level)
+            part["lower"] = bounds["lower"].values[0]
+            part["upper"] = bounds["upper"].values[0]
+        parts.append(pd.DataFrame(part))
+    return pd.concat(parts, ignore_index=True)
 
 
-def heat_frame(ds: xr.Dataset, sm: Smoothing, decades: float = 12.0) -> pd.DataFrame:
-    """``log10`` density of one run as cells (step x eigenvalue) for a heat map.
+def heat_frame(
+    ds: xr.Dataset, sm: Smoothing, cells: int = 150, decades: float = 12.0
+) -> pd.DataFrame:
+    """``log10`` of the mean density over cells (step x eigenvalue) for a heat map.
+
+    Each step's density is evaluated with its own kernel on its own grid (as in
+    :func:`density_frame`) and integrated over ``cells`` equal cells spanning
+    ``sm.domain``, so a cell taller than the kernel shows the mass inside it rather
+    than missing a narrow peak.
 
     Parameters
     ----------
     ds : xarray.Dataset
-        A single run (from :func:`select_run`), ``s`` steps.
+        A single run (from :func:`hessnb.viz.runs.select_run`), ``s`` steps.
     sm : Smoothing
-        Kernel width and grid (``g`` points).
+        The view's smoothing.
+    cells : int
+        Cells along the eigenvalue axis, ``c``.
     decades : float
         Depth of the colour range below the maximum, in powers of ten.
 
     Returns
     -------
-    pandas.DataFrame, s * g rows
+    pandas.DataFrame, s * c rows
         ``step``, ``step_end``, ``eigenvalue``, ``eigenvalue_end``, ``log10_density``
-        (clipped below at ``max - decades``).
+        (the cell mean, clipped below at ``max - decades``).
     """
-    logd = ds.hess.density(sigma=sm.sigma, grid=sm.grid, log=True)
-    values = np.maximum(logd.values, float(np.nanmax(logd.values)) - decades)
+    if isinstance(cells, bool) or not isinstance(cells, (int, np.integer)) or cells < 2:
+        raise ValueError(f"cells must be an int >= 2, got {cells!r}")
+    edges = np.linspace(*sm.domain, int(cells) + 1)
+    width = edges[1] - edges[0]
+    means = []
+    for kernel in sm.kernels(ds):
+        dens = ds.sel(step=[kernel.step]).hess.density(sigma=kernel.sigma, grid=kernel.grid)
+        cdf = cumulative_trapezoid(dens.values[0], kernel.grid, initial=0.0)
+        mass = np.diff(np.interp(edges, kernel.grid, cdf, left=0.0, right=cdf[-1]))
+        means.append(np.maximum(mass, 0.0) / width)
+    with np.errstate(divide="ignore"):
+        logd = np.log10(np.stack(means))
+    values = np.maximum(logd, float(np.max(logd)) - decades)
     steps = steps_of(ds)
-    ends = step_ends(steps)
-    grid = sm.grid
     # each cell reaches half a cell into the next one: no hairline gaps when rasterised
-    widths = np.diff(grid, append=2 * grid[-1] - grid[-2])
-    edges = grid + 1.5 * widths
     return pd.DataFrame(
         {
-            "step": np.repeat(steps, grid.size),
-            "step_end": np.repeat(ends, grid.size),
-            "eigenvalue": np.tile(grid, steps.size),
-            "eigenvalue_end": np.tile(edges, steps.size),
+            "step": np.repeat(steps, cells),
+            "step_end": np.repeat(step_ends(steps), cells),
+            "eigenvalue": np.tile(edges[:-1], steps.size),
+            "eigenvalue_end": np.tile(edges[1:] + width / 2, steps.size),
             "log10_density": values.ravel(),
         }
     )
+
+
+def statistics_in(ds: xr.Dataset) -> list[str]:
+    """The spectrum statistics (``hessnb.linalg.statistics.STATISTICS``) ``ds`` holds."""
+    return [name for name in STATISTICS if name in ds]
 
 
 def top_frame(ds: xr.Dataset, steps: Sequence[int] | None = None) -> pd.DataFrame:

@@ -1,8 +1,9 @@
 """A self-contained interactive HTML report of one or several runs.
 
-The page holds the density at every recorded step (one shared grid), the top-eigenvalue
-trajectories, the gradient concentration and a log-density heat map, all driven by one
-Vega-Lite "training step" slider. Vega's JavaScript is inlined, so the file opens in any
+The page holds the density at every recorded step (each smoothed with its own paper
+kernel), the top-eigenvalue trajectories, the gradient concentration, the spectrum
+statistics (when stored) and a log-density heat map, all driven by one Vega-Lite
+"training step" slider. Vega's JavaScript is inlined, so the file opens in any
 browser with no kernel and no network. ``hessnb report RUN... --html out.html``
 (:mod:`hessnb.cli.report`) writes it with :func:`write_report`.
 """
@@ -18,14 +19,15 @@ import numpy as np
 import xarray as xr
 
 from hessnb.schema import PROVENANCE, QUADRATURE, require
-from hessnb.viz import charts, frames
+from hessnb.viz import charts, frames, runs
 from hessnb.viz.export import to_html
+from hessnb.viz.smoothing import Smoothing
 
 __all__ = ["MAX_STEPS", "REPORT_POINTS", "load_runs", "report_chart", "write_report"]
 
 Source = xr.Dataset | str | Path
-#: Report grid: coarser than a notebook view because every step's density is embedded.
-REPORT_POINTS = 400
+#: Most grid points per step's density in a report (every step's density is embedded).
+REPORT_POINTS = 2000
 #: Steps embedded at most (evenly spread), bounding the file size.
 MAX_STEPS = 60
 
@@ -59,7 +61,7 @@ def load_runs(sources: Source | Sequence[Source]) -> xr.Dataset:
         sources = [sources]
     named: dict[str, xr.Dataset] = {}
     for i, source in enumerate(sources):
-        ds = source if isinstance(source, xr.Dataset) else frames.open_path(source)
+        ds = source if isinstance(source, xr.Dataset) else runs.open_path(source)
         require(ds, QUADRATURE, "a report")
         if "run" in ds.dims and len(sources) > 1:
             raise ValueError(
@@ -86,7 +88,11 @@ def _thin(ds: xr.Dataset, max_steps: int) -> xr.Dataset:
 
 
 def report_chart(
-    ds: xr.Dataset, *, sigma: float | None = None, points: int = REPORT_POINTS
+    ds: xr.Dataset,
+    *,
+    sigma: float | None = None,
+    scale: float = 1.0,
+    points: int = REPORT_POINTS,
 ) -> alt.VConcatChart:
     """All report charts stacked, linked by one step slider (every step embedded).
 
@@ -95,36 +101,40 @@ def report_chart(
     ds : xarray.Dataset
         A run, or several along ``run`` (e.g. from :func:`load_runs`).
     sigma : float, optional
-        Kernel width (default: the paper's, at least one grid spacing).
+        One kernel width for every step (default: each step's own paper width).
+    scale : float
+        Multiplier of every step's paper width (ignored when ``sigma`` is given).
     points : int
-        Grid points per density.
+        Most grid points per step's density.
 
     Returns
     -------
     altair.VConcatChart
-        Density, trajectories (top eigenvalues, gradient share, when stored) and, for
-        more than one step, the log-density heat map.
+        Density, trajectories (top eigenvalues, gradient share, when stored), spectrum
+        statistics (when stored) and, for more than one step, the log-density heat map.
     """
     slider = charts.step_slider(ds)
-    sm = frames.smoothing(ds, sigma, points)
+    sm = Smoothing.of(ds, sigma, points, scale=scale)
     rows = [charts.density_chart(ds, slider, smoothing=sm)]
     trajectories = []
     if "top_eigenvalues" in ds:
         trajectories.append(charts.top_eigenvalues_chart(ds, slider))
     if "grad_fraction" in ds:
         trajectories.append(charts.gradient_chart(ds, slider))
-    if frames.run_names(ds)[1:]:
+    if runs.run_names(ds)[1:]:
         rows += trajectories  # each is already runs side by side
     elif trajectories:
         rows.append(alt.hconcat(*trajectories))
+    if frames.statistics_in(ds):
+        rows.append(charts.statistics_chart(ds, slider))
     if ds.sizes.get("step", 1) > 1:
-        rows.append(charts.density_heatmap(ds, slider, sigma=sigma))
+        rows.append(charts.density_heatmap(ds, slider, smoothing=sm))
     return alt.vconcat(*rows).add_params(slider)
 
 
 def _header(ds: xr.Dataset, title: str, thinned_from: int | None) -> str:
     attrs = {k: ds.attrs[k] for k in PROVENANCE if k in ds.attrs}
-    runs = frames.run_names(ds)
+    names = runs.run_names(ds)
     rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in attrs.items()
@@ -134,7 +144,7 @@ def _header(ds: xr.Dataset, title: str, thinned_from: int | None) -> str:
         if thinned_from
         else ""
     )
-    run_line = f"<p>Runs: {html.escape(', '.join(runs))}</p>" if runs else ""
+    run_line = f"<p>Runs: {html.escape(', '.join(names))}</p>" if names else ""
     return (
         f"<h1 style='font-family:sans-serif'>{html.escape(title)}</h1>"
         "<p style='font-family:sans-serif'>Hessian eigenvalue density by stochastic Lanczos "
@@ -162,9 +172,9 @@ def write_report(
     html_path : str or Path
         Output file (``.html``).
     sigma : float, optional
-        Kernel width (default: the paper's, at least one grid spacing).
+        One kernel width for every step (default: each step's own paper width).
     points : int
-        Grid points per density.
+        Most grid points per step's density.
     max_steps : int
         Embed at most this many steps (evenly spread) to bound the file size.
     title : str

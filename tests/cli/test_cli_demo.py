@@ -18,7 +18,9 @@ def test_demo_quick_with_train_steps(tmp_path, capsys) -> None:
     for name in ("no-bn", "bn"):
         run = open_run(out / f"{name}.nc")
         assert int(run.step.values[-1]) == 3  # the final step is always recorded
-        assert run.attrs["bn_mode"] == ("train" if name == "bn" else "eval")
+        assert run.attrs["bn_mode"] == "train"
+        sizes = run.attrs["hessian_batch_size"].tolist()
+        assert set(sizes[:-1]) == {128} and sum(sizes) == 1797  # the training batch size
     assert not (out / "report.html").exists()
 
 

@@ -11,7 +11,7 @@ from hessnb import cli
 
 
 def test_every_subcommand_is_a_module_with_help_options_and_run() -> None:
-    assert list(cli.SUBCOMMANDS) == ["demo", "track", "spectrum", "report"]
+    assert list(cli.SUBCOMMANDS) == ["demo", "track", "spectrum", "reproduce", "report"]
     parser = cli.build_parser()
     for module in cli.SUBCOMMANDS.values():
         assert module.HELP and "\n" not in module.HELP

@@ -52,13 +52,13 @@ def test_placement_choices_are_the_memory_placements() -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        ((), "eval"),
+        ((), "train"),
         (("--bn",), "train"),
         (("--bn", "--bn-mode", "eval"), "eval"),
-        (("--bn-mode", "train"), "train"),
+        (("--bn-mode", "eval"), "eval"),
     ],
 )
-def test_bn_mode_defaults_to_train_with_bn(argv: tuple[str, ...], expected: str) -> None:
+def test_bn_mode_is_train_unless_given(argv: tuple[str, ...], expected: str) -> None:
     assert options.bn_mode(_parse(*argv)) == expected
 
 
@@ -69,6 +69,7 @@ def test_tracker_options() -> None:
         "settings": expected,
         "bn_mode": "train",
         "placement": "cpu",
+        "train_batch_size": None,
     }
     assert options.tracker_options(args, placement="mmap")["placement"] == "mmap"
 
@@ -88,3 +89,23 @@ def test_runtime_options_default_threads() -> None:
     parser = argparse.ArgumentParser()
     options.add_runtime_options(parser, threads=1)
     assert parser.parse_args([]).threads == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "bn", "expected"),
+    [
+        ((), True, 128),  # BN train mode: the training batch size
+        ((), False, 512),  # no batch norm: the size chosen for speed
+        (("--bn-mode", "eval"), True, 512),
+        (("--train-batch-size", "32"), True, 32),
+        (("--batch-size", "64"), True, 64),
+    ],
+)
+def test_hessian_batch_size_follows_training_in_bn_train_mode(argv, bn, expected) -> None:
+    parser = argparse.ArgumentParser()
+    options.add_slq_options(parser)
+    options.add_batch_options(parser, train_default=128, fallback=512)
+    args = parser.parse_args(list(argv))
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), *([torch.nn.BatchNorm1d(2)] if bn else []))
+    assert options.hessian_batch_size(args, model) == expected
+    assert options.tracker_options(args)["train_batch_size"] == args.train_batch_size

@@ -57,7 +57,7 @@ def test_resnet18_on_imagenet_folder(
         "--image-size",
         "32",
         "--batch-size",
-        "3",
+        "2",
         "--placement",
         "auto",
         "--out",

@@ -23,7 +23,7 @@ def test_track_then_report(tmp_path, capsys) -> None:
     ds = open_run(run)
     assert list(ds.step.values) == [0, 2, 4]
     assert ds.attrs["run"] == "tiny" and ds.attrs["lanczos_steps"] == 6
-    assert ds.attrs["top_k"] == 2 and ds.attrs["bn_mode"] == "eval"
+    assert ds.attrs["top_k"] == 2 and ds.attrs["bn_mode"] == "train"
     assert "3 steps recorded" in capsys.readouterr().out
     html = tmp_path / "report.html"
     assert cli.main(["report", str(run), "--html", str(html)]) == 0

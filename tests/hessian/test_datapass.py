@@ -92,3 +92,12 @@ def test_a_dtype_copy_follows_the_model(tiny_network, tiny_batches):
         model, F.cross_entropy, batches, dtype=torch.float64
     ).gradient()
     torch.testing.assert_close(op.gradient(), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_a_batch_of_one_in_bn_train_mode_gets_a_specific_error(tiny_network, tiny_batches):
+    model = tiny_network("mlp", True)
+    x, y = tiny_batches("mlp")[0]
+    with pytest.raises(ValueError, match="batch 1 holds one example"):
+        hessnb.HessianOperator(model, F.cross_entropy, [(x, y), (x[:1], y[:1])])
+    op = hessnb.HessianOperator(model, F.cross_entropy, [(x, y), (x[:1], y[:1])], bn_mode="eval")
+    assert op.n_examples == len(y) + 1

@@ -194,7 +194,7 @@ def test_float64_operator_on_a_float32_model_leaves_the_model_float32(
     model32 = tiny_network("mlp", batchnorm=True).float()
     batches32 = [(x.float(), y) for x, y in tiny_batches("mlp")]
     before = model_state(model32)
-    op = HessianOperator(model32, F.cross_entropy, batches32, dtype=torch.float64)
+    op = HessianOperator(model32, F.cross_entropy, batches32, dtype=torch.float64, bn_mode="eval")
     assert op.dtype == torch.float64 and op.n_params == 69
     model64 = copy.deepcopy(model32).double()
     reference = _reference_hessian(model64, [(x.double(), y) for x, y in batches32], "eval")

@@ -136,7 +136,7 @@ def test_resume_skips_recorded_steps_and_refuses_other_settings(tmp_path):
     assert again.maybe_record(4)
     assert list(open_run(path).step.values) == [0, 2, 4]
     before = path.read_bytes()
-    for change in ({"lanczos_steps": 8}, {"probes": 1}, {"seed": 1}, {"bn_mode": "train"}):
+    for change in ({"lanczos_steps": 8}, {"probes": 1}, {"seed": 1}, {"bn_mode": "eval"}):
         with pytest.raises(RunFileError, match="different settings"):
             Tracker(model, F.cross_entropy, batches, path, **{**SLQ, **change})
     bigger = models.mlp(hidden=(7,))

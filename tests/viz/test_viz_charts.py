@@ -7,12 +7,15 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
-from vega_spec import table, tables, views_with
+from vega_spec import table, tables, titles, views_with
 from viz_data import run_dataset, two_runs
 
 import hessnb
-from hessnb.viz import charts, frames
+from hessnb.linalg.statistics import STATISTICS
+from hessnb.viz import charts
 from hessnb.viz.export import save
+from hessnb.viz.runs import select_run
+from hessnb.viz.smoothing import Smoothing
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +29,18 @@ def runs() -> xr.Dataset:
 
 
 # ---------------------------------------------------------------------- helpers
-def expected_density(ds: xr.Dataset, sm: frames.Smoothing, step: int) -> np.ndarray:
-    return ds.hess.density(sigma=sm.sigma, grid=sm.grid).sel(step=step).values
+def expected(ds: xr.Dataset, step: int, sm: Smoothing | None = None) -> tuple[np.ndarray, ...]:
+    """Grid and ``ds.hess.density`` of one run at ``step`` with that step's own kernel."""
+    one = ds.sel(step=[step])
+    (kernel,) = (sm or Smoothing.of(ds)).kernels(one)
+    density = one.hess.density(sigma=kernel.sigma, grid=kernel.grid).isel(step=0)
+    return kernel.grid, density.values
+
+
+def assert_density(rows, ds: xr.Dataset, step: int, sm: Smoothing | None = None) -> None:
+    grid, density = expected(ds, step, sm)
+    np.testing.assert_array_equal(rows["eigenvalue"], grid)
+    np.testing.assert_array_equal(rows["density"], density)
 
 
 # ---------------------------------------------------------------------- density
@@ -44,12 +57,11 @@ def test_density_chart_spec_and_data(run: xr.Dataset) -> None:
     calc = [t["calculate"] for t in line["transform"] if "calculate" in t]
     assert f"max(datum.density, {charts.Y_FLOOR})" in calc
 
-    sm = frames.smoothing(run)
     data = table(spec, "eigenvalue", "density")
     assert set(data["step"]) == {20}
-    np.testing.assert_array_equal(data["eigenvalue"], sm.grid)
-    np.testing.assert_array_equal(data["density"], expected_density(run, sm, 20))
-    # the probe-bootstrap band (2 probes) is drawn as an area between lower and upper
+    assert_density(data, run, 20)
+    assert line["encoding"]["x"]["scale"]["domain"] == list(Smoothing.of(run).domain)
+    # the probe-bootstrap band (8 probes) is drawn as an area between lower and upper
     (area,) = views_with(spec, "area")
     assert area["encoding"]["y2"]["field"] == "upper_shown"
     assert (data["lower"] <= data["upper"]).all()
@@ -57,7 +69,7 @@ def test_density_chart_spec_and_data(run: xr.Dataset) -> None:
 
 def test_top_eigenvalues_drawn_as_rules_coloured_by_gradient_share(run: xr.Dataset) -> None:
     spec = charts.density_chart(run, 10).to_dict()
-    (rule,) = views_with(spec, "rule")
+    (rule,) = [v for v in views_with(spec, "rule") if "color" in v["encoding"]]
     assert rule["encoding"]["color"]["field"] == "overlap"
     assert rule["encoding"]["size"]["field"] == "overlap"
     assert {"filter": "datum.step == 10"} in rule["transform"]
@@ -74,6 +86,42 @@ def test_density_default_step_is_last_and_label_names_it(run: xr.Dataset) -> Non
     labels = table(spec, "label")
     assert labels.set_index("step").loc[40, "label"].startswith("step 40 · lr 0.01")
     assert {"filter": "datum.step == 40"} in text["transform"]
+    # every step's label names its own kernel width
+    for kernel in Smoothing.of(run).kernels(run):
+        label = labels.set_index("step").loc[kernel.step, "label"]
+        assert label.endswith(f"σ {kernel.sigma:.3g}"), label
+
+
+def test_subtitle_states_the_kernel_and_any_widening(run: xr.Dataset) -> None:
+    (title,) = [t for t in titles(charts.density_chart(run).to_dict()) if "subtitle" in t]
+    assert title["subtitle"] == [
+        "kernel: each step's own σ, σ² = 1e-05·max(1, range) (the paper's)"
+    ]
+    spec = charts.density_chart(run, charts.step_slider(run), points=40).to_dict()
+    (title,) = [t for t in titles(spec) if "subtitle" in t]
+    kernels = Smoothing.of(run, points=40).kernels(run)
+    worst = max(kernels, key=lambda k: k.widening)
+    assert worst.widening > 1.5
+    assert title["subtitle"][1] == (
+        f"σ widened up to ×{worst.widening:.2g} (step {worst.step}) to fit 40 grid points"
+    )
+    label = table(spec, "label").set_index("step").loc[worst.step, "label"]
+    assert label.endswith(f"(×{worst.widening:.2g} widened)")
+    scaled = charts.density_chart(run, scale=3.0).to_dict()
+    (title,) = [t for t in titles(scaled) if "subtitle" in t]
+    assert title["subtitle"][0].startswith("kernel: 3 × each step's own paper σ")
+
+
+def test_bulk_edge_rule_when_stored(run: xr.Dataset) -> None:
+    spec = charts.density_chart(run, 20).to_dict()
+    edges = [v for v in views_with(spec, "rule") if v["encoding"]["x"]["field"] == "bulk_edge"]
+    (edge,) = edges
+    assert {"filter": "datum.step == 20"} in edge["transform"]
+    rows = table(spec, "bulk_edge").set_index("step")
+    np.testing.assert_array_equal(rows["bulk_edge"], run["bulk_edge"].values)
+    np.testing.assert_array_equal(rows["n_outliers"], run["n_outliers"].values)
+    older = charts.density_chart(run.drop_vars(list(STATISTICS)), 20).to_dict()
+    assert all(v["encoding"]["x"]["field"] != "bulk_edge" for v in views_with(older, "rule"))
 
 
 def test_linear_y_and_symlog_x(run: xr.Dataset) -> None:
@@ -82,22 +130,19 @@ def test_linear_y_and_symlog_x(run: xr.Dataset) -> None:
     assert line["encoding"]["y"]["scale"].get("type", "linear") == "linear"
     assert line["encoding"]["x"]["scale"]["type"] == "symlog"
     assert not views_with(spec, "area")
-    sm = frames.smoothing(run, x_scale="symlog")
-    assert np.ptp(np.diff(sm.grid)) > 0  # uniform in symlog, not in eigenvalue
-    data = table(spec, "density")
-    np.testing.assert_array_equal(data["eigenvalue"], sm.grid)
-    np.testing.assert_array_equal(data["density"], expected_density(run, sm, 0))
+    assert_density(table(spec, "density"), run, 0)
 
 
 def test_explicit_sigma_and_single_spectrum() -> None:
     spectrum = hessnb.spectrum(
         np.diag(np.arange(1.0, 21.0)), lanczos_steps=20, top_k=2, progress=False
     )
-    spec = charts.density_chart(spectrum, sigma=0.3, points=50).to_dict()
+    spec = charts.density_chart(spectrum, sigma=0.3, points=200).to_dict()
     data = table(spec, "density")
     expected = spectrum.hess.density(sigma=0.3, grid=data["eigenvalue"].to_numpy())
     np.testing.assert_allclose(data["density"], expected.values, rtol=1e-12)
     assert "lower" not in data  # one probe: no band
+    assert table(spec, "label")["label"].tolist() == ["step 0 · σ 0.3"]
 
 
 def test_slider_chart_embeds_every_step(run: xr.Dataset) -> None:
@@ -116,23 +161,27 @@ def test_slider_chart_embeds_every_step(run: xr.Dataset) -> None:
     (line,) = views_with(spec, "line")
     assert {"filter": "datum.step <= at_step && at_step < datum.step_end"} in line["transform"]
     data = table(spec, "density")
-    sm = frames.smoothing(run)
     for step, rows in data.groupby("step"):
-        np.testing.assert_array_equal(rows["density"], expected_density(run, sm, step))
+        assert_density(rows, run, step)
     ends = data.groupby("step")["step_end"].first()
     assert ends.to_dict() == {0: 10, 10: 20, 20: 40, 40: 60}
 
 
 # ---------------------------------------------------------------------- over training
 def test_heatmap_of_log_density_with_lr_drop(run: xr.Dataset) -> None:
-    spec = charts.density_heatmap(run, 20, points=40).to_dict()
+    spec = charts.density_heatmap(run, 20, cells=40).to_dict()
     (rect,) = views_with(spec, "rect")
     assert rect["encoding"]["color"]["field"] == "log10_density"
     assert rect["encoding"]["x2"]["field"] == "step_end"
     cells = table(spec, "log10_density")
-    sm = frames.smoothing(run, points=40)
-    logd = run.hess.density(sigma=sm.sigma, grid=sm.grid, log=True).values
-    np.testing.assert_allclose(cells["log10_density"], np.maximum(logd, logd.max() - 10).ravel())
+    sm = Smoothing.of(run)
+    width = (sm.domain[1] - sm.domain[0]) / 40
+    assert len(cells) == 4 * 40
+    for step in (0, 40):  # each step's cell means, with its own kernel, integrate to 1
+        means = 10.0 ** cells.loc[cells["step"] == step, "log10_density"]
+        assert means.sum() * width == pytest.approx(1.0, abs=1e-3)
+    (title,) = [t for t in titles(spec) if "subtitle" in t]
+    assert title["subtitle"][1] == f"mean over cells {width:.3g} high"
     drops = table(spec, "event")
     assert drops["step"].tolist() == [20]  # lr 0.1 -> 0.01 between steps 10 and 20
 
@@ -163,20 +212,85 @@ def test_gradient_chart(run: xr.Dataset) -> None:
     np.testing.assert_allclose(sums.to_numpy(), run.grad_fraction.values)
 
 
+def test_statistics_chart_panels_and_marker(run: xr.Dataset) -> None:
+    spec = charts.statistics_chart(run, 10).to_dict()
+    panels = spec["hconcat"]
+    assert [p["title"] for p in panels] == [
+        "outlier_gap",
+        "n_outliers",
+        "lambda_min",
+        "negative_mass",
+    ]
+    lines = views_with(spec, "line")
+    filters = [next(t["filter"] for t in v["transform"] if "filter" in t) for v in lines]
+    names = ["outlier_gap", "n_outliers", "lambda_min", "negative_mass"]
+    assert filters == [f"(datum.variable === '{n}')" for n in names]
+    scales = {n: v["encoding"]["y"].get("scale", {}) for n, v in zip(names, lines, strict=True)}
+    assert scales["outlier_gap"]["type"] == "log"  # the gap on a log axis
+    assert scales["lambda_min"].get("type", "linear") == "linear"
+    data = table(spec, "variable", "value", "shown")
+    for name in STATISTICS:
+        if name == "bulk_edge":
+            continue
+        rows = data[data["variable"] == name]
+        np.testing.assert_array_equal(rows["value"], run[name].values)
+    assert data.loc[data["shown"] == 1, "step"].unique().tolist() == [10]
+    points = views_with(spec, "point")
+    assert len(points) == 4 and all({"filter": "datum.shown"} in v["transform"] for v in points)
+    assert len(spec["datasets"]) == 1  # one base chart: one table for all panels
+
+
+def test_statistics_chart_overlays_runs_and_follows_the_slider(runs: xr.Dataset) -> None:
+    slider = charts.step_slider(runs)
+    spec = charts.statistics_chart(runs, slider).to_dict()
+    assert [p["name"] for p in spec["params"]] == ["at_step"]
+    (line, *_) = views_with(spec, "line")
+    assert line["encoding"]["color"]["field"] == "run"
+    data = table(spec, "variable", "value")
+    assert set(data["run"]) == {"bn", "no-bn"}
+    slider_filter = {"filter": "datum.step <= at_step && at_step < datum.step_end"}
+    assert all(slider_filter in v["transform"] for v in views_with(spec, "point"))
+    # step 40 exists only in "no-bn": its marker, none for "bn"
+    at_40 = table(charts.statistics_chart(runs, 40).to_dict(), "shown")
+    assert set(at_40.loc[at_40["shown"] == 1, "run"]) == {"no-bn"}
+    with pytest.raises(ValueError, match=r"step 15 was not recorded"):
+        charts.statistics_chart(runs, 15)
+
+
+def test_statistics_chart_needs_statistics(run: xr.Dataset) -> None:
+    with pytest.raises(ValueError, match=r"statistics_chart needs one of outlier_gap"):
+        charts.statistics_chart(run.drop_vars(list(STATISTICS)))
+    partial = charts.statistics_chart(run.drop_vars(["lambda_min", "negative_mass"])).to_dict()
+    assert [p["title"] for p in partial["hconcat"]] == ["outlier_gap", "n_outliers"]
+
+
+def test_shipped_runs_without_statistics_still_draw() -> None:
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[2] / "notebooks" / "data"
+    old = hessnb.combine_runs({n: hessnb.open_run(data / f"{n}.nc") for n in ("no-bn", "bn")})
+    old = old.drop_vars([n for n in STATISTICS if n in old])
+    spec = charts.density_chart(old, charts.step_slider(old)).to_dict()
+    assert len(spec["hconcat"]) == 2
+
+
 def test_runs_side_by_side_share_scales_and_grid(runs: xr.Dataset) -> None:
     spec = charts.density_chart(runs, 10).to_dict()
     assert len(spec["hconcat"]) == 2
     assert spec["resolve"]["scale"] == {"x": "shared", "y": "shared", "color": "shared"}
-    titles = [view["title"] for view in spec["hconcat"]]
-    assert titles == ["Hessian eigenvalue density · bn", "Hessian eigenvalue density · no-bn"]
-    sm = frames.smoothing(runs)
+    names = [view["title"]["text"] for view in spec["hconcat"]]
+    assert names == ["Hessian eigenvalue density · bn", "Hessian eigenvalue density · no-bn"]
+    sm = Smoothing.of(runs)
     dens = [t for t in tables(spec) if "density" in t.columns]
     assert len(dens) == 2
+    widths = []
     for name, frame in zip(["bn", "no-bn"], dens, strict=True):
-        np.testing.assert_array_equal(frame["eigenvalue"], sm.grid)
-        np.testing.assert_array_equal(
-            frame["density"], expected_density(runs.sel(run=name), sm, 10)
-        )
+        one = select_run(runs, name)
+        assert_density(frame, one, 10, sm)  # each run at step 10 with its own kernel
+        widths.append(sm.kernels(one.sel(step=[10]))[0].sigma)
+    assert widths[0] != widths[1]
+    x_scales = [v["encoding"]["x"]["scale"] for v in views_with(spec, "line")]
+    assert all(s["domain"] == list(sm.domain) for s in x_scales)  # one x range
     # step 40 exists only in "no-bn": a clear error names the run's steps
     with pytest.raises(ValueError, match=r"step 40 was not recorded; recorded steps are 0, 10"):
         charts.density_chart(runs, 40)
@@ -217,7 +331,7 @@ def test_empty_run(run: xr.Dataset) -> None:
     with pytest.raises(ValueError, match=r"empty.*track at least one step"):
         charts.density_chart(padded)
     with pytest.raises(ValueError, match=r"empty.*track at least one step"):
-        frames.select_run(run.isel(step=[]))
+        select_run(run.isel(step=[]))
 
 
 def test_bad_step_sigma_points(run: xr.Dataset) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -9,7 +11,9 @@ from vega_spec import table, views_with
 from viz_data import run_dataset, two_runs
 
 import hessnb
-from hessnb.viz import Explorer, explore, frames
+from hessnb.linalg.statistics import STATISTICS
+from hessnb.viz import Explorer, explore, offline
+from hessnb.viz.smoothing import Smoothing
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +26,18 @@ def drawn(ex: Explorer) -> dict:
     return ex.chart_widget.spec
 
 
-def assert_shows(ex: Explorer, ds: xr.Dataset, step: int, sigma: float) -> None:
-    """The widget's density data is ``ds.hess.density`` at ``step`` with ``sigma``."""
+def assert_shows(ex: Explorer, ds: xr.Dataset, step: int, scale: float) -> None:
+    """The widget's density data is ``ds.hess.density`` at ``step`` with ``scale`` times
+    that step's paper kernel."""
     spec = drawn(ex)
     data = table(spec, "eigenvalue", "density")
-    sm = frames.smoothing(ds, sigma, ex.points)
+    one = ds.sel(step=[step])
+    (kernel,) = Smoothing.of(ds, points=ex.points, scale=scale).kernels(one)
+    assert kernel.sigma == pytest.approx(scale * kernel.paper, rel=1e-12)
+    assert ex.sigma == kernel.sigma
     assert set(data["step"]) == {step}
-    np.testing.assert_array_equal(data["eigenvalue"], sm.grid)
-    expected = ds.hess.density(sigma=sm.sigma, grid=sm.grid).sel(step=step)
+    np.testing.assert_array_equal(data["eigenvalue"], kernel.grid)
+    expected = one.hess.density(sigma=kernel.sigma, grid=kernel.grid).isel(step=0)
     np.testing.assert_array_equal(data["density"], expected.values)
     np.testing.assert_array_equal(ex.density().values, expected.values)
 
@@ -37,9 +45,10 @@ def assert_shows(ex: Explorer, ds: xr.Dataset, step: int, sigma: float) -> None:
 def test_step_control_changes_data(run: xr.Dataset) -> None:
     ex = explore(run)
     assert ex.step == 40 and ex.step_slider.options[-1] == ("40", 40)
-    assert_shows(ex, run, 40, ex.sigma)
+    assert ex.sigma_scale == 1.0  # the paper's kernel
+    assert_shows(ex, run, 40, 1.0)
     ex.step_slider.value = 10
-    assert_shows(ex, run, 10, ex.sigma)
+    assert_shows(ex, run, 10, 1.0)
     # the gradient overlay follows: rules carry step 10's overlaps, the marker is at 10
     spec = drawn(ex)
     (rule,) = [v for v in views_with(spec, "rule") if "color" in v["encoding"]]
@@ -48,20 +57,27 @@ def test_step_control_changes_data(run: xr.Dataset) -> None:
     assert {"filter": "datum.step == 10"} in points[0]["transform"]
     ex.play.value = 0  # the play button drives the slider
     assert ex.step == 0
-    assert_shows(ex, run, 0, ex.sigma)
+    assert_shows(ex, run, 0, 1.0)
 
 
-def test_sigma_control_resmooths(run: xr.Dataset) -> None:
+def test_sigma_control_multiplies_each_steps_paper_kernel(run: xr.Dataset) -> None:
     ex = Explorer(run, step=20)
     before = table(drawn(ex), "density")["density"].to_numpy()
-    ex.sigma_slider.value = 0.5
-    assert ex.sigma == pytest.approx(0.5)
-    assert_shows(ex, run, 20, ex.sigma)
+    paper = ex.kernel.paper
+    ex.sigma_slider.value = 4.0
+    assert ex.sigma_scale == pytest.approx(4.0)
+    assert ex.sigma == pytest.approx(4.0 * paper, rel=1e-12)
+    assert_shows(ex, run, 20, ex.sigma_scale)
     after = table(drawn(ex), "density")["density"].to_numpy()
     assert after.max() < before.max()  # wider kernel, lower peaks
-    ex.sigma = 5.0  # beyond the slider's range: the range widens
-    assert ex.sigma == pytest.approx(5.0)
-    assert_shows(ex, run, 20, 5.0)
+    ex.step = 40  # another step: the same multiple of that step's own paper width
+    assert ex.sigma == pytest.approx(ex.sigma_scale * ex.kernel.paper, rel=1e-12)
+    assert ex.kernel.paper != paper
+    assert_shows(ex, run, 40, ex.sigma_scale)
+    ex.sigma_scale = 500.0  # beyond the slider's range: the range widens
+    assert ex.sigma_scale == pytest.approx(500.0)
+    assert_shows(ex, run, 40, ex.sigma_scale)
+    assert "500 × the paper's" in ex.status.value
 
 
 def test_log_linear_toggle(run: xr.Dataset) -> None:
@@ -82,7 +98,7 @@ def test_growing_dataset_is_picked_up_on_refresh(run: xr.Dataset, tmp_path) -> N
     ex.refresh_button.click()
     assert [s for _, s in ex.step_slider.options] == [0, 10, 20, 40]
     assert ex.step == 40 and ex.play.max == 3  # was at the last step: follows the run
-    assert_shows(ex, run, 40, ex.sigma)
+    assert_shows(ex, run, 40, 1.0)
     ex.step = 10
     ex.refresh(run_dataset(steps=(0, 10, 20, 40, 60)))
     assert ex.step == 10  # not at the end: stays put
@@ -99,7 +115,7 @@ def test_refresh_rereads_a_run_file(run: xr.Dataset, tmp_path) -> None:
     write_run(run, path)
     ex.refresh()
     assert ex.step == 40
-    assert_shows(ex, hessnb.open_run(path), 40, ex.sigma)
+    assert_shows(ex, hessnb.open_run(path), 40, 1.0)
 
 
 def test_run_selector() -> None:
@@ -111,11 +127,13 @@ def test_run_selector() -> None:
     assert [s for _, s in ex.step_slider.options] == [0, 10, 20, 40]
     assert ex.step == 40
     one = runs.sel(run="no-bn")
-    data = table(drawn(ex), "density")
-    sm = frames.smoothing(runs, ex.sigma, ex.points)  # one grid shared by both runs
-    np.testing.assert_array_equal(
-        data["density"], one.hess.density(sigma=sm.sigma, grid=sm.grid).sel(step=40).values
-    )
+    assert_shows(ex, one, 40, 1.0)
+    ex.step = 10
+    no_bn_sigma = ex.sigma
+    ex.run = "bn"
+    ex.step = 10
+    assert_shows(ex, runs.sel(run="bn"), 10, 1.0)
+    assert ex.sigma != no_bn_sigma  # each run at step 10 with its own kernel
     with pytest.raises(ValueError, match=r"no run named 'x'"):
         ex.run = "x"
     assert Explorer(run_dataset(steps=(0, 10))).run_select.layout.display == "none"
@@ -131,11 +149,43 @@ def test_bad_input(run: xr.Dataset) -> None:
     with pytest.raises(ValueError, match=r"step 15 was not recorded"):
         Explorer(run, step=15)
     with pytest.raises(ValueError, match=r"sigma must be a positive finite number"):
-        Explorer(run, sigma=0.0)
+        Explorer(run, sigma_scale=0.0)
     ex = Explorer(run)
     with pytest.raises(ValueError, match=r"step 15 was not recorded.*nearest"):
         ex.step = 15
-    for sigma in (0.0, -0.1, float("nan")):
+    for scale in (0.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match=r"sigma must be a positive finite number"):
-            ex.sigma = sigma
+            ex.sigma_scale = scale
     assert ex.step == 40  # nothing changed
+
+
+def test_statistics_shown_below_when_stored(run: xr.Dataset) -> None:
+    ex = Explorer(run, step=10)
+    spec = drawn(ex)
+    assert len(spec["vconcat"]) == 2  # density and gradient, then the statistics
+    stats = table(spec, "variable", "value", "shown")
+    assert set(stats["variable"]) == {"outlier_gap", "n_outliers", "lambda_min", "negative_mass"}
+    assert stats.loc[stats["shown"] == 1, "step"].unique().tolist() == [10]
+    ex.step = 40
+    stats = table(drawn(ex), "variable", "value", "shown")
+    assert stats.loc[stats["shown"] == 1, "step"].unique().tolist() == [40]
+    older = Explorer(run.drop_vars(list(STATISTICS)))  # a run file from before
+    assert "vconcat" not in drawn(older) and "hconcat" in drawn(older)
+
+
+def test_without_vl_convert_falls_back_to_the_cdn(run: xr.Dataset, monkeypatch) -> None:
+    import altair as alt
+
+    from hessnb.viz import explorer
+
+    monkeypatch.setattr(explorer, "offline_available", lambda: False)
+    offline.reset_warnings()
+    enabled = []
+    monkeypatch.setattr(alt.JupyterChart, "enable_offline", classmethod(enabled.append))
+    with pytest.warns(RuntimeWarning, match=r'the explorer loads .* pip install "hessnb\[lab\]"'):
+        ex = Explorer(run)
+    assert ex.chart_widget.spec and not enabled  # drawn, with Vega from the CDN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per process
+        Explorer(run)
+    offline.reset_warnings()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from vega_spec import table, views_with
+from vega_spec import table, tables, views_with
 from viz_data import run_dataset
 
+from hessnb.linalg.statistics import STATISTICS
 from hessnb.runfile import write_run
 from hessnb.schema import PROVENANCE
-from hessnb.viz import frames, report
+from hessnb.viz import report, runs
+from hessnb.viz.smoothing import Smoothing
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +28,25 @@ def files(tmp_path_factory) -> list:
 
 def test_report_chart_links_every_view_to_one_slider() -> None:
     run = run_dataset(steps=(0, 10, 20, 40))
-    spec = report.report_chart(run, points=80).to_dict()
+    spec = report.report_chart(run).to_dict()
     assert [p["name"] for p in spec["params"]] == ["at_step"]
     density = table(spec, "density")
-    sm = frames.smoothing(run, points=80)
     assert sorted(set(density["step"])) == [0, 10, 20, 40]
+    kernels = {k.step: k for k in Smoothing.of(run, points=report.REPORT_POINTS).kernels(run)}
     for step, rows in density.groupby("step"):
-        expected = run.hess.density(sigma=sm.sigma, grid=sm.grid).sel(step=step)
-        np.testing.assert_array_equal(rows["density"], expected.values)
+        kernel = kernels[step]  # each step with its own paper kernel, not widened
+        assert kernel.sigma == kernel.paper
+        expected = run.sel(step=[step]).hess.density(sigma=kernel.sigma, grid=kernel.grid)
+        np.testing.assert_array_equal(rows["eigenvalue"], kernel.grid)
+        np.testing.assert_array_equal(rows["density"], expected.values[0])
     slider_filter = {"filter": "datum.step <= at_step && at_step < datum.step_end"}
     for kind in ("line", "rule", "text", "point"):
         assert any(slider_filter in v.get("transform", []) for v in views_with(spec, kind))
     assert views_with(spec, "rect")  # the heat map
+    stats = table(spec, "variable", "value", "run")  # the statistics over training
+    assert set(stats["variable"]) == {"outlier_gap", "n_outliers", "lambda_min", "negative_mass"}
+    older = report.report_chart(run.drop_vars(list(STATISTICS))).to_dict()
+    assert not [t for t in tables(older) if "variable" in t and "run" in t]
 
 
 def test_write_report_makes_a_self_contained_page(files, tmp_path) -> None:
@@ -65,8 +74,8 @@ def test_header_lists_provenance_in_schema_order(tmp_path) -> None:
 
 def test_load_runs_names_and_pads(files) -> None:
     both = report.load_runs(files)
-    assert frames.run_names(both) == ["bn", "no-bn"]
-    assert frames.steps_of(frames.select_run(both, "bn")).tolist() == [0, 10, 20]
+    assert runs.run_names(both) == ["bn", "no-bn"]
+    assert runs.steps_of(runs.select_run(both, "bn")).tolist() == [0, 10, 20]
     single = run_dataset(steps=(0, 10))
     assert report.load_runs(single) is single
 

@@ -8,8 +8,8 @@ from hessnb.viz import frames
 
 
 def tables(spec: dict) -> list[pd.DataFrame]:
-    """Every dataset of a spec (inline JSON strings) as a data frame."""
-    return [frames.from_json(v) for v in spec.get("datasets", {}).values()]
+    """Every dataset of a spec (inline CSV strings) as a data frame."""
+    return [frames.from_csv(v) for v in spec.get("datasets", {}).values()]
 
 
 def table(spec: dict, *columns: str, without: str = "") -> pd.DataFrame:
@@ -32,6 +32,18 @@ def mark(view: dict) -> str:
     """The mark type of a leaf view (``"line"``, ``"rule"``, ...)."""
     m = view["mark"]
     return m if isinstance(m, str) else m["type"]
+
+
+def titles(spec: dict) -> list[dict]:
+    """Every title of a spec (its own and its sub-views'), as ``{"text", "subtitle"}``."""
+    found = []
+    if "title" in spec:
+        title = spec["title"]
+        found.append(title if isinstance(title, dict) else {"text": title})
+    for key in ("layer", "hconcat", "vconcat"):
+        for sub in spec.get(key, []):
+            found += titles(sub)
+    return found
 
 
 def views_with(spec: dict, kind: str) -> list[dict]:
