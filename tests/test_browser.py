@@ -2,7 +2,8 @@
 
 1. The self-contained HTML report: moving its step slider redraws the density.
 2. JupyterLab on loopback with a token, serving a temporary copy of ``notebooks/`` with
-   the notebook tests' quick settings (``HESSNB_QUICK=1``, ``HESSNB_NB_DATA=digits``):
+   the notebook tests' quick settings (``HESSNB_QUICK=1``, ``HESSNB_NB_DATA=digits``;
+   notebook 02 with ``HESSNB_SCALE=shipped``, drawing its precomputed runs):
    every notebook runs top to bottom; no output says "Error loading script" (or shows
    another front-end error), and every chart output holds a drawn Vega view (an
    ``svg.marks`` or ``canvas.marks``). In the quickstart, moving the tracked run's
@@ -231,6 +232,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "HESSNB_QUICK": "1",
         "HESSNB_NB_DATA": "digits",
         "HESSNB_CIFAR_ROOT": str(tmp / "cifar10"),
+        # notebook 02 draws the shipped runs: its training path runs in test_notebooks.py
+        "HESSNB_SCALE": "shipped",
     }
     env.pop("HESSNB_IMAGENET", None)
     cmd = [
