@@ -157,6 +157,10 @@ def open_run(path: str | os.PathLike) -> xr.Dataset:
     try:
         with xr.open_dataset(path, engine=ENGINE) as handle:
             ds = handle.load()
+    except ImportError as exc:  # the file may be fine: a library is missing
+        raise ImportError(
+            f"reading {path} needs h5netcdf and h5py ({exc}); pip install h5netcdf h5py"
+        ) from exc
     except Exception as exc:  # h5py/netCDF raise many types for damaged files
         raise RunFileError(
             f"{path} is not a readable netCDF run file ({type(exc).__name__}: {exc}); it may "
