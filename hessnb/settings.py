@@ -50,6 +50,25 @@ class SLQSettings:
                 "gives at most one Ritz value per step; lower top_k or raise lanczos_steps"
             )
 
+    @classmethod
+    def resolve(cls, settings: SLQSettings | None, **keywords: int) -> SLQSettings:
+        """``settings``, or the settings of the keywords (``spectrum`` and ``Tracker``).
+
+        Raises
+        ------
+        ValueError
+            When both are given (keywords other than their defaults).
+        """
+        chosen = cls(**keywords)
+        if settings is None:
+            return chosen
+        if chosen != cls():
+            raise ValueError(
+                "pass either settings=SLQSettings(...) or the keywords lanczos_steps, probes, "
+                "seed and top_k, not both"
+            )
+        return settings
+
     def for_dimension(self, dim: int) -> SLQSettings:
         """These settings, checked against an operator of dimension ``dim``.
 

@@ -253,13 +253,9 @@ def spectrum(
     >>> ds.top_eigenvalues.values.round(6)
     array([50., 49., 48.])
     """
-    chosen = SLQSettings(lanczos_steps, probes, top_k, seed)
-    if settings is not None and chosen != SLQSettings():
-        raise ValueError(
-            "pass either settings=SLQSettings(...) or the keywords lanczos_steps, probes, "
-            "seed and top_k, not both"
-        )
-    settings = settings or chosen
+    settings = SLQSettings.resolve(
+        settings, lanczos_steps=lanczos_steps, probes=probes, top_k=top_k, seed=seed
+    )
     operator = as_operator(op)  # provenance describes the operator, not the array
     bar = tqdm(
         total=settings.lanczos_steps,

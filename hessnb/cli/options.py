@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hessnb.hessian.datapass import BN_MODES
+from hessnb.hessian.datapass import BN_MODES, BN_TYPES
 from hessnb.linalg.memory import PLACEMENTS
 from hessnb.settings import SLQSettings
 
@@ -119,7 +119,7 @@ def hessian_batch_size(args: argparse.Namespace, model: torch.nn.Module) -> int:
     """The Hessian's batch size of parsed :func:`add_batch_options` options for ``model``."""
     if args.batch_size is not None:
         return args.batch_size
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    has_bn = any(isinstance(m, BN_TYPES) for m in model.modules())
     if has_bn and bn_mode(args) == "train":
         return args.train_batch_size
     return args.hessian_batch_fallback

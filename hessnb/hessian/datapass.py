@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,7 +60,7 @@ class PassTotals:
         instead of waiting for one that will never arrive.
         """
         scalars = [self.examples, self.loss, self.correct, float(not self.classification)]
-        tensors = [getattr(self, f.name) for f in fields(self) if f.name in TENSOR_FIELDS]
+        tensors = [self.gradient, self.products]
         parts = [torch.tensor([*scalars, float(failed)], dtype=torch.float64, device=device)]
         parts += [t.reshape(-1) for t in tensors if t is not None]
         flat = reduce(torch.cat(parts))
@@ -72,7 +72,7 @@ class PassTotals:
             )
         out = PassTotals(round(examples), loss, correct, not_classification == 0)
         offset = 5
-        for name, t in zip(TENSOR_FIELDS, tensors, strict=True):
+        for name, t in zip(("gradient", "products"), tensors, strict=True):
             if t is not None:
                 setattr(out, name, flat[offset : offset + t.numel()].view_as(t))
                 offset += t.numel()
@@ -89,9 +89,6 @@ class PassTotals:
             None if self.gradient is None else self.gradient / n,
             None if self.products is None else self.products / n,
         )
-
-
-TENSOR_FIELDS = ("gradient", "products")
 
 
 class DataPass:

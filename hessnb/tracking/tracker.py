@@ -120,12 +120,9 @@ class Tracker:
         if self.path.is_dir():
             raise ValueError(f"{self.path} is a folder; pass a file path such as run.nc")
         self.schedule = make_schedule(every)
-        chosen = SLQSettings(lanczos_steps, probes, top_k, seed)
-        if settings is not None and chosen != SLQSettings():
-            raise ValueError(
-                "pass either settings=SLQSettings(...) or the keywords lanczos_steps, probes, "
-                "seed and top_k, not both"
-            )
+        chosen = SLQSettings.resolve(
+            settings, lanczos_steps=lanczos_steps, probes=probes, top_k=top_k, seed=seed
+        )
         self._distributed = dist.use_distributed(distributed)
         self.operator = HessianOperator(
             model,
@@ -137,7 +134,7 @@ class Tracker:
             transfer=transfer,
             distributed=self._distributed,
         )
-        self.settings = (settings or chosen).for_dimension(self.operator.n_params)
+        self.settings = chosen.for_dimension(self.operator.n_params)
         if train_batch_size is not None:
             self.check_batch_size(train_batch_size)
         self.placement = placement
