@@ -21,6 +21,7 @@ from torch import nn
 from hessnb.errors import NonDeterministicError, NonFiniteError
 from hessnb.hessian.batches import batch_size, correct_count, prepare
 from hessnb.hessian.graphcache import BatchGraph, GraphCache
+from hessnb.hessian.hvp import HVP_BACKENDS, FunctionalHVP
 from hessnb.hessian.params import ParameterSpace, state_key
 
 __all__ = ["BN_MODES", "DataPass", "PassTotals"]
@@ -111,7 +112,11 @@ class DataPass:
     reduce : callable, optional
         Sum of a flat tensor over ``torch.distributed`` ranks (None: one process).
     cache : GraphCache, optional
-        Keeps each batch's forward and first-backward graph inside ``caching`` blocks.
+        Keeps each batch's forward and first-backward graph inside ``caching`` blocks
+        (used by the double-backward backend only).
+    hvp : {"double-backward", "forward-over-reverse", "compile"}
+        How each batch's Hessian-vector products are computed (:mod:`hessnb.hessian.hvp`;
+        ``"auto"`` is resolved by the caller).
     """
 
     def __init__(
@@ -125,12 +130,20 @@ class DataPass:
         transfer: bool = False,
         reduce: Reduce | None = None,
         cache: GraphCache | None = None,
+        hvp: str = "double-backward",
     ) -> None:
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+        if hvp not in HVP_BACKENDS:
+            raise ValueError(f"hvp must be one of {HVP_BACKENDS}, got {hvp!r}")
         self.space, self.loss_fn, self.batches = space, loss_fn, batches
         self.bn_mode, self.check_determinism, self.transfer = bn_mode, check_determinism, transfer
-        self.reduce, self.cache = reduce, cache
+        self.reduce, self.cache, self.hvp = reduce, cache, hvp
+        self.functional = (
+            None
+            if hvp == "double-backward"
+            else FunctionalHVP(space, loss_fn, compiled=hvp == "compile")
+        )
         self.caching = False  # set by the operator's reuse_graphs()
         self.batch_statistics = bn_mode == "train" and any(
             isinstance(m, BN_TYPES) for m in space.model.modules()
@@ -170,7 +183,11 @@ class DataPass:
 
     def _loss(self, inputs: Any, targets: Any, index: int) -> tuple[torch.Tensor, Any]:
         outputs = self.space.model(inputs)
-        loss = self.loss_fn(outputs, targets)
+        return self._checked(self.loss_fn(outputs, targets), index), outputs
+
+    @staticmethod
+    def _checked(loss: Any, index: int) -> torch.Tensor:
+        """``loss`` as a 0-d tensor; ValueError / NonFiniteError unless a finite scalar."""
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)
             raise ValueError(
@@ -182,7 +199,7 @@ class DataPass:
                 f"loss is {loss.item()} on batch {index}; check the data, the model's "
                 "parameters and the loss function"
             )
-        return loss.reshape(()), outputs
+        return loss.reshape(())
 
     # ------------------------------------------------------------------ determinism
     def _check_reference(self, key: tuple, losses: list[tuple[int, float]]) -> None:
@@ -210,9 +227,21 @@ class DataPass:
             )
 
     # ------------------------------------------------------------------ passes
-    def _graphs(self, build: bool, create_graph: bool) -> Iterator[BatchGraph]:
-        """Each batch's loss (and gradients) from a fresh pass over the data."""
+    def _graphs(self, build: bool, vectors: torch.Tensor | None) -> Iterator[BatchGraph]:
+        """Each batch's loss and, when ``build``, gradients from a fresh pass over the data.
+
+        With ``vectors`` ``(n_params, k)``, the double-backward backend builds the gradients'
+        graphs (kept in the cache inside ``caching`` blocks); a functional backend computes
+        the batch's products with the gradient (``BatchGraph.products``).
+        """
         space, cache = self.space, self.cache
+        functional = self.functional if vectors is not None else None
+        block = space.unflatten_block(vectors) if functional is not None else []
+        # inside a caching block a gradient pass builds (and keeps) the graphs too, so the
+        # products that follow at these parameters reuse it
+        create_graph = functional is None and (
+            vectors is not None or (build and self.caching and cache is not None)
+        )
         key = state_key(space.state)
         keep = create_graph and self.caching and cache is not None and cache.start(key)
         losses: list[tuple[int, float]] = []
@@ -227,14 +256,15 @@ class DataPass:
                 )
             counting = cache.counting() if keep else contextlib.nullcontext()
             with torch.set_grad_enabled(build), counting:
-                loss, outputs = self._loss(inputs, targets, index)
-                entry = BatchGraph(
-                    size,
-                    float(loss.detach()),
-                    correct_count(outputs, targets),
-                )
-                if build:
-                    entry.grads, entry.live = self._first_backward(loss, index, create_graph)
+                if functional is not None:
+                    entry = self._functional_entry(
+                        functional, (inputs, targets), index, size, block
+                    )
+                else:
+                    loss, outputs = self._loss(inputs, targets, index)
+                    entry = BatchGraph(size, float(loss.detach()), correct_count(outputs, targets))
+                    if build:
+                        entry.grads, entry.live = self._first_backward(loss, index, create_graph)
             losses.append((entry.size, entry.loss))
             keep = keep and cache.keep(entry)
             yield entry
@@ -243,6 +273,25 @@ class DataPass:
         self.fresh_passes += 1
         self.batch_sizes = [size for size, _ in losses]
         self._check_reference(key, losses)
+
+    def _functional_entry(
+        self,
+        functional: FunctionalHVP,
+        batch: tuple[Any, Any],
+        index: int,
+        size: int,
+        block: list[torch.Tensor],
+    ) -> BatchGraph:
+        """One batch's loss, gradient and ``H V`` (block ``(k, *shape)`` per parameter)."""
+        result = functional(*batch, block)
+        loss = self._checked(result.loss, index)
+        return BatchGraph(
+            size,
+            float(loss),
+            correct_count(result.outputs, batch[1]),
+            grads=result.grads,
+            products=self.space.flatten_block(result.products),
+        )
 
     def _first_backward(
         self, loss: torch.Tensor, index: int, create_graph: bool
@@ -271,6 +320,9 @@ class DataPass:
             totals.add(entry)
             if totals.gradient is not None:
                 totals.gradient += entry.size * space.flatten([g.detach() for g in entry.grads])
+            if entry.products is not None:  # computed with the pass (functional backends)
+                totals.products += entry.size * entry.products
+                continue
             for i, tangent in enumerate(tangents):
                 if not entry.live:  # gradient constant in the parameters: H = 0
                     continue
@@ -302,7 +354,12 @@ class DataPass:
             gradient=zeros(n, dtype=torch.float64, device=space.device) if need_gradient else None,
             products=zeros(n, k, dtype=torch.float64, device=space.device) if k else None,
         )
-        tangents = [space.unflatten(vectors[:, i]) for i in range(k)] if k else []
+        # per-column tangents for the double backward (functional backends take the block)
+        tangents = (
+            [space.unflatten(vectors[:, i]) for i in range(k)]
+            if k and self.functional is None
+            else []
+        )
         cached = (
             self.caching and self.cache is not None and self.cache.valid(state_key(space.state))
         )
@@ -312,7 +369,7 @@ class DataPass:
                 entries = (
                     self.cache.entries
                     if cached
-                    else self._graphs(build=need_gradient or k > 0, create_graph=k > 0)
+                    else self._graphs(need_gradient or k > 0, vectors if k else None)
                 )
                 self._accumulate(totals, entries, tangents)
         except Exception as exc:  # distributed: tell the other ranks instead of hanging

@@ -22,7 +22,12 @@ __all__ = ["BatchGraph", "GraphCache", "default_budget"]
 
 @dataclass
 class BatchGraph:
-    """One batch's results: size, loss, correct count and (graph-carrying) gradients."""
+    """One batch's results: size, loss, correct count and (graph-carrying) gradients.
+
+    ``products`` is the batch's ``H V`` as ``(n_params, k)`` float64 when a functional HVP
+    backend computed it with the gradient; None when the products come from ``grads``'
+    graphs (double backward).
+    """
 
     size: int
     loss: float
@@ -30,6 +35,7 @@ class BatchGraph:
     grads: tuple[torch.Tensor, ...] = ()
     live: list[int] = field(default_factory=list)
     kept: bool = False  # its graph is cached: retain it after each backward
+    products: torch.Tensor | None = None
 
 
 def default_budget(device: torch.device) -> int:

@@ -20,6 +20,7 @@ from torch import nn
 from hessnb import distributed
 from hessnb.hessian.datapass import BN_MODES, BN_TYPES, DataPass
 from hessnb.hessian.graphcache import GraphCache, default_budget
+from hessnb.hessian.hvp import resolve_hvp
 from hessnb.hessian.params import ParameterSpace, ParamSpec, state_key
 
 __all__ = ["DENSE_LIMIT", "HessianOperator"]
@@ -75,7 +76,17 @@ class HessianOperator:
         keep every batch's forward and first-backward graph, so each further HVP is one
         backward pass (about 1.5-2x faster for small CNNs). ``"auto"``: when ``batches``
         is an in-memory list or tuple, within a quarter of free memory (at most 4 GiB); an
-        int is a budget in bytes; False turns it off.
+        int is a budget in bytes; False turns it off. Used by the double-backward backend
+        only.
+    hvp : {"auto", "double-backward", "forward-over-reverse", "compile"}
+        How each batch's Hessian-vector products are computed (:mod:`hessnb.hessian.hvp`):
+        ``"double-backward"`` (a backward of the gradient per column, with the graph
+        cache), ``"forward-over-reverse"`` (``torch.func.jvp`` of ``torch.func.grad``,
+        vmapped over the block's columns), ``"compile"`` (the latter under
+        ``torch.compile``; :class:`~hessnb.hessian.hvp.CompileUnavailableError` where it
+        cannot run) or ``"auto"`` (default: the measured choice for the device,
+        :data:`hessnb.hessian.hvp.AUTO_BACKEND`). All give the same products to rounding;
+        the choice is recorded as ``provenance()["hvp"]``.
     """
 
     def __init__(
@@ -91,6 +102,7 @@ class HessianOperator:
         transfer: bool = False,
         distributed: bool | None = None,
         graph_cache: bool | int | str = "auto",
+        hvp: str = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -104,6 +116,8 @@ class HessianOperator:
                 "(a list of (inputs, targets) or a DataLoader)"
             )
         self.space = ParameterSpace(model, params, dtype)
+        backend = resolve_hvp(hvp, self.space.device)
+        cache = _make_cache(graph_cache, batches, self.space.device)
         self.loss_fn, self.batches = loss_fn, batches
         self._pass = DataPass(
             self.space,
@@ -113,7 +127,8 @@ class HessianOperator:
             check_determinism=check_determinism,
             transfer=transfer,
             reduce=_reducer(distributed),  # before the first pass, so n_examples is global
-            cache=_make_cache(graph_cache, batches, self.space.device),
+            cache=cache if backend == "double-backward" else None,
+            hvp=backend,
         )
         self._reuse_depth = 0  # > 0 inside reuse_graphs()
         first = self._pass.run()  # validates batches, loss and devices
@@ -153,6 +168,11 @@ class HessianOperator:
         return self.space.device
 
     @property
+    def hvp(self) -> str:
+        """The HVP backend in use (``"auto"`` resolved), e.g. ``"double-backward"``."""
+        return self._pass.hvp
+
+    @property
     def bn_mode(self) -> str:
         """Batch-norm semantics of the Hessian, ``"train"`` or ``"eval"``."""
         return self._pass.bn_mode
@@ -171,7 +191,7 @@ class HessianOperator:
         return (
             f"HessianOperator({type(self.model).__name__}, n_params={self.n_params}, "
             f"n_examples={getattr(self, 'n_examples', '?')}, bn_mode={self.bn_mode!r}, "
-            f"dtype={self.dtype})"
+            f"dtype={self.dtype}, hvp={self.hvp!r})"
         )
 
     def provenance(self) -> dict[str, Any]:
@@ -183,6 +203,7 @@ class HessianOperator:
             "has_batchnorm": int(self.has_batchnorm),
             "n_examples": self.n_examples,
             "dtype": str(self.dtype).replace("torch.", ""),
+            "hvp": self.hvp,
             "hessian_batch_size": sizes[0] if len(set(sizes)) == 1 else sizes,
         }
 

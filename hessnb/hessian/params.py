@@ -152,6 +152,15 @@ class ParameterSpace:
             offset += p.numel()
         return out
 
+    def flatten_block(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-parameter blocks ``(k, *shape)`` as one float64 matrix ``(n_params, k)``."""
+        return torch.cat([t.reshape(t.shape[0], -1).to(torch.float64) for t in tensors], 1).T
+
+    def unflatten_block(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Split ``(n_params, k)`` into per-parameter blocks ``(k, *shape)``."""
+        pieces = flat.T.contiguous().split([p.numel() for p in self.params], dim=1)
+        return [piece.reshape(-1, *p.shape) for piece, p in zip(pieces, self.params, strict=True)]
+
     def vector(self) -> torch.Tensor:
         """Current values of the selected parameters, flat float64 ``(n_params,)``."""
         return self.flatten([p.detach() for p in self.params])
