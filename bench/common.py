@@ -5,6 +5,8 @@
 - :class:`Row`, :func:`check`, :func:`format_table`, :func:`markdown_table`: result tables.
 - :func:`timed`, :func:`interleaved_times`, :func:`synchronize`: wall-clock timing that
   waits for CUDA kernels; :class:`CountingOperator` times each product an SLQ run makes.
+- :func:`compare_backends`: block products of each HVP backend (``HessianOperator(hvp=)``),
+  timed side by side and checked against the double-backward result.
 - :func:`digits_cnn`, :func:`digits_batches`, :func:`split_batches`, :func:`fit`: the
   digits models and data of the CPU benchmark and the precision study.
 - :func:`spectral_errors`: Wasserstein-1 and lambda_max errors of a quadrature against a
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import platform
@@ -32,12 +35,14 @@ from hessnb.hessian.operator import HessianOperator
 from hessnb.linalg.quadrature import spectral_measure, wasserstein_distance
 
 __all__ = [
+    "BackendTiming",
     "Batches",
     "BenchConfig",
     "CountingOperator",
     "Quadrature",
     "Row",
     "check",
+    "compare_backends",
     "digits_batches",
     "digits_cnn",
     "fit",
@@ -279,6 +284,120 @@ class CountingOperator:
     def provenance(self) -> dict[str, Any]:
         """The wrapped operator's dataset attributes."""
         return self.op.provenance()
+
+
+@dataclass
+class BackendTiming:
+    """Block products of one HVP backend on one model and data set.
+
+    Attributes
+    ----------
+    name : str
+        The backend (``HessianOperator(hvp=name)``).
+    block : int
+        Columns ``k`` of the wide block.
+    one, wide : float
+        Seconds of ``op.matmat`` on a block of 1 and of ``block`` columns (minima over
+        interleaved repeats, after the first calls).
+    first : float
+        Seconds of the first block-of-1 and block-of-``k`` calls together (graph cache
+        filling; compilation for ``"compile"``).
+    agreement : float
+        ``||H V - H V_db|| / ||H V_db||`` on the wide block, against the double-backward
+        operator's result (0 for double backward itself).
+    """
+
+    name: str
+    block: int
+    one: float
+    wide: float
+    first: float
+    agreement: float
+
+    @property
+    def lockstep(self) -> float:
+        """Seconds of the wide block over ``block`` blocks of one."""
+        return self.wide / (self.block * self.one)
+
+
+def compare_backends(
+    model: nn.Module,
+    batches: Batches,
+    backends: Sequence[str],
+    *,
+    block: int = 8,
+    repeats: int = 2,
+    graph_cache: bool | str = "auto",
+    device: torch.device | None = None,
+) -> list[BackendTiming]:
+    """Time ``op.matmat`` on blocks of 1 and ``block`` columns for each HVP backend.
+
+    Every operator is inside ``reuse_graphs()``, as in an SLQ run; ``graph_cache=False``
+    times double backward as over a data set too large to keep graphs for. Products are
+    compared with a double-backward operator's, computed once.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network (cross-entropy loss).
+    batches : list of (inputs, targets)
+        Its data, on the model's device.
+    backends : sequence of str
+        Values of ``HessianOperator(hvp=...)`` to time, in table order.
+    block : int
+        Columns of the wide block.
+    repeats : int
+        Interleaved timed rounds after the first calls.
+    graph_cache : bool or "auto"
+        ``HessianOperator(graph_cache=...)``.
+    device : torch.device, optional
+        Synchronised around each timed call when it is a CUDA device.
+
+    Returns
+    -------
+    list of BackendTiming
+        One per backend, in the order of ``backends``.
+    """
+
+    def operator(name: str) -> HessianOperator:
+        return HessianOperator(
+            model,
+            F.cross_entropy,
+            batches,
+            check_determinism=False,
+            graph_cache=graph_cache,
+            hvp=name,
+        )
+
+    ops = {name: operator(name) for name in backends}
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(next(iter(ops.values())).n_params, block, generator=generator)
+    vectors = vectors.to(dtype=torch.float64, device=device)
+    reference = operator("double-backward").matmat(vectors)
+    calls: dict[str, Callable[[], object]] = {}
+    for name, op in ops.items():
+        calls[f"{name}/1"] = lambda op=op: op.matmat(vectors[:, :1])
+        calls[f"{name}/{block}"] = lambda op=op: op.matmat(vectors)
+    with contextlib.ExitStack() as stack:
+        for op in ops.values():
+            stack.enter_context(op.reuse_graphs())
+        first = {name: timed(calls[f"{name}/1"], device)[1] for name in ops}
+        products = {}
+        for name in ops:
+            products[name], seconds = timed(calls[f"{name}/{block}"], device)
+            first[name] += seconds
+        times = interleaved_times(calls, repeats, warmup=0, device=device)
+    return [
+        BackendTiming(
+            name,
+            block,
+            min(times[f"{name}/1"]),
+            min(times[f"{name}/{block}"]),
+            first[name],
+            float((products[name] - reference).norm() / reference.norm()),
+        )
+        for name in ops
+    ]
 
 
 # ----------------------------------------------------------------------------- model and data

@@ -8,11 +8,15 @@ rows carry the measured value, the target and pass / miss:
 - one full-dataset HVP (``op.matvec``) in units of one full-dataset gradient;
 - Lanczos overhead: wall time of a 90-step, one-probe ``hessnb.spectrum`` over the time its
   own 90 operator calls took;
-- 8 probes batched (``spectrum(probes=8)``) over 8 single-probe runs;
+- 8 probes batched (``spectrum(probes=8)``) over 8 single-probe runs (the single-probe
+  run is timed before and after the batched one, and their mean taken);
+- per HVP backend (``HessianOperator(hvp=...)``): seconds of a block of 1 and of 8
+  vectors, and the relative difference of its products from double backward's;
 - accuracy against the exact spectrum of a ~5k-parameter network (``op.dense()`` in float64
   and ``eigvalsh``): Wasserstein-1 distance and lambda_max error (:mod:`bench.accuracy`);
 - the same 90-step, one-probe density with ``hessian-eigenthings`` and ``curvlinops`` (only
-  when they are installed; they are never dependencies of hessnb), time and accuracy.
+  when they are installed; they are never dependencies of hessnb), time and accuracy;
+  hessnb's 90-step run is timed again after theirs and the mean of its two runs compared.
 
 Timings are minima over interleaved repeats (:func:`bench.common.interleaved_times`).
 """
@@ -31,11 +35,13 @@ from torch.nn import functional as F
 
 from bench.accuracy import accuracy_rows, comparison_rows
 from bench.common import (
+    BackendTiming,
     Batches,
     BenchConfig,
     CountingOperator,
     Row,
     check,
+    compare_backends,
     digits_batches,
     digits_cnn,
     fit,
@@ -47,10 +53,18 @@ from bench.common import (
     timed,
 )
 from hessnb import SLQSettings
+from hessnb.hessian.hvp import AUTO_BACKEND, HVP_BACKENDS
 from hessnb.hessian.operator import HessianOperator
 from hessnb.slq import spectrum
 
-__all__ = ["CpuConfig", "cache_state", "main", "profile_hvp", "run_benchmark"]
+__all__ = [
+    "CpuConfig",
+    "backend_rows",
+    "cache_state",
+    "main",
+    "profile_hvp",
+    "run_benchmark",
+]
 
 
 @dataclass
@@ -80,6 +94,9 @@ class CpuConfig(BenchConfig):
         Include hessian-eigenthings and curvlinops when installed.
     accuracy : bool
         Run the accuracy and library rows (False: speed rows only).
+    backends : tuple of str
+        HVP backends timed side by side (``hessnb.hessian.hvp.HVP_BACKENDS``; ``"compile"``
+        spends minutes compiling on a 2-core CPU).
     """
 
     slq: SLQSettings = field(default_factory=lambda: SLQSettings(probes=8, top_k=1))
@@ -92,6 +109,7 @@ class CpuConfig(BenchConfig):
     accuracy_seeds: int = 8
     libraries: bool = True
     accuracy: bool = True
+    backends: tuple[str, ...] = HVP_BACKENDS
 
     @classmethod
     def quick(cls) -> CpuConfig:
@@ -110,6 +128,7 @@ class CpuConfig(BenchConfig):
             batched_steps=4,
             repeats=2,
             accuracy_seeds=2,
+            backends=("double-backward", "forward-over-reverse"),
         )
 
 
@@ -204,16 +223,57 @@ def _speed_rows(
             f"({sum(calls):.1f} s); {single / (steps * hvp):.3f} against {steps} x the min HVP",
         )
     )
-    one, many = slq(short, 1)[0], slq(short, probes)[0]
+    before, many, after = slq(short, 1)[0], slq(short, probes)[0], slq(short, 1)[0]
+    one = (before + after) / 2  # the mean of the runs either side cancels a linear load drift
     rows.append(
         check(
             f"{probes} probes batched / {probes} x 1 probe",
             many / (probes * one),
             0.6,
-            f"{short} Lanczos steps: {probes} probes {many:.1f} s, 1 probe {one:.1f} s",
+            f"{short} Lanczos steps, hvp={op.hvp}: {probes} probes {many:.1f} s, 1 probe "
+            f"{before:.1f} s before and {after:.1f} s after",
         )
     )
     return rows, single
+
+
+def backend_rows(timings: Sequence[BackendTiming], device: str = "cpu") -> list[Row]:
+    """One row per HVP backend, and how ``hvp="auto"`` compares with the fastest.
+
+    Each backend's row checks the relative difference of its products from double
+    backward's (<= 1e-6) and notes its block times; the last row is the block time of the
+    backend ``"auto"`` picks on ``device`` over the fastest one's (1 when it is the fastest).
+    """
+    if not timings:
+        return []
+    base = timings[0].one
+    rows = [
+        check(
+            f"hvp={t.name}: rel. difference from double-backward",
+            t.agreement,
+            1e-6,
+            f"block of 1: {t.one * 1e3:.0f} ms, of {t.block}: {t.wide * 1e3:.0f} ms "
+            f"({t.wide / t.block * 1e3:.0f} ms per vector, {t.wide / t.block / base:.2f} x "
+            f"{timings[0].name} block of 1); {t.block} / {t.block} x 1: {t.lockstep:.2f}; "
+            f"first calls {t.first:.1f} s",
+        )
+        for t in timings
+    ]
+    by_name = {t.name: t for t in timings}
+    auto = by_name.get(AUTO_BACKEND[device])
+    if auto is None:
+        return rows
+    fast_one = min(timings, key=lambda t: t.one)
+    fast_wide = min(timings, key=lambda t: t.wide)
+    rows.append(
+        Row(
+            f"hvp='auto' / fastest backend, block of {auto.block}",
+            auto.wide / fast_wide.wide,
+            note=f"auto = {auto.name} on {device}; fastest: {fast_one.name} (block of 1), "
+            f"{fast_wide.name} (block of {auto.block})",
+        )
+    )
+    return rows
 
 
 def run_benchmark(config: CpuConfig, log: Callable[[str], None] = print) -> list[Row]:
@@ -229,6 +289,12 @@ def run_benchmark(config: CpuConfig, log: Callable[[str], None] = print) -> list
         f"{machine_name(torch.device('cpu'))}"
     )
     rows, seconds = _speed_rows(op, fresh, config)
+    if config.backends:
+        log(f"HVP backends next: {', '.join(config.backends)}")
+        timings = compare_backends(
+            model, batches, config.backends, block=config.slq.probes, repeats=config.repeats
+        )
+        rows += backend_rows(timings)
     if not config.accuracy:
         return rows
     log("speed rows done; accuracy and other libraries next")
@@ -241,8 +307,15 @@ def run_benchmark(config: CpuConfig, log: Callable[[str], None] = print) -> list
         config.accuracy_seeds,
         (model, batches) if config.libraries else None,
     )
-    results["hessnb"].seconds = seconds
-    return rows + accuracy + comparison_rows(results)
+    settings = config.slq.replace(probes=1)
+    again = timed(lambda: spectrum(op, settings=settings, progress=False))[1]
+    results["hessnb"].seconds = (seconds + again) / 2
+    timing = Row(
+        f"hessnb SLQ {settings.lanczos_steps} steps, after / before the libraries",
+        again / seconds,
+        note=f"{seconds:.1f} s before, {again:.1f} s after; their mean is compared below",
+    )
+    return [*rows, *accuracy, timing, *comparison_rows(results)]
 
 
 def _parse(argv: Sequence[str] | None) -> Any:
@@ -269,6 +342,13 @@ def _parse(argv: Sequence[str] | None) -> Any:
     parser.add_argument(
         "--profile", action="store_true", help="also time the parts of one HVP (forward, backwards)"
     )
+    parser.add_argument(
+        "--backends",
+        nargs="*",
+        choices=HVP_BACKENDS,
+        help=f"HVP backends to time (default: all of {', '.join(HVP_BACKENDS)}; "
+        "none: skip those rows)",
+    )
     return parser.parse_args(argv)
 
 
@@ -284,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         libraries=not args.no_libraries,
         accuracy=not args.speed_only,
+        backends=None if args.backends is None else tuple(args.backends),
     )
     rows = run_benchmark(config, lambda text: print(text, file=sys.stderr, flush=True))
     print(format_table(rows))

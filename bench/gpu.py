@@ -18,9 +18,15 @@ For each model and precision, on synthetic ImageNet-shaped data held on the devi
   step ``j`` grows linearly with ``j``; the table gives the mean over a 90-step run
   projected from a linear fit to the steps measured.
 
-Then it projects, from these figures, the hours of a 90-step spectrum over the ImageNet
-training set (1,281,167 images) and per-class subsets on 1 and 8 GPUs. On a GPU the whole
-script takes about 2-4 minutes; ``--tiny`` takes seconds on a CPU.
+Then it compares the HVP backends (``HessianOperator(hvp=...)``: double backward,
+forward-over-reverse, ``torch.compile``) per model at fp32 without the graph cache (as over
+ImageNet): images/s of a block of 1 and per vector of a block of 8, the block's cost over 8
+single products, the first calls (compilation) and the relative difference from double
+backward's products; this is what confirms or changes ``hvp="auto"`` on CUDA
+(``hessnb.hessian.hvp.AUTO_BACKEND``). Last, it projects, from these figures, the hours of
+a 90-step spectrum over the ImageNet training set (1,281,167 images) and per-class subsets
+on 1 and 8 GPUs. On a GPU the whole script takes about 3-6 minutes (compilation included);
+``--tiny`` takes seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ from torch.nn import functional as F
 
 from bench.accuracy import density_effect
 from bench.common import (
+    BackendTiming,
     Batches,
     BenchConfig,
     check,
+    compare_backends,
     interleaved_times,
     machine_name,
     make_parser,
@@ -50,6 +58,7 @@ from bench.common import (
     synchronize,
 )
 from bench.projection import CLASSES, format_projection
+from hessnb.hessian.hvp import AUTO_BACKEND, HVP_BACKENDS
 from hessnb.hessian.operator import HessianOperator
 from hessnb.hessian.precision import PRECISIONS, configure_backends, prepare_model
 from hessnb.linalg.lanczos import lanczos_block
@@ -59,11 +68,14 @@ from hessnb.reference.synthetic import random_batches
 __all__ = [
     "GpuConfig",
     "ModelRow",
+    "backend_table",
     "format_table",
     "hvp_throughput",
     "lanczos_seconds",
     "main",
     "measure",
+    "measure_backends",
+    "synthetic_data",
     "train_throughput",
 ]
 
@@ -91,6 +103,10 @@ class GpuConfig(BenchConfig):
         Lanczos steps timed to fit the per-step cost.
     device : str
         Where everything runs.
+    backends : sequence of str
+        HVP backends compared (``hessnb.hessian.hvp.HVP_BACKENDS``; empty: none).
+    backend_block : int
+        Columns of the wide block in the comparison.
     """
 
     models: Sequence[str] = ("resnet18", "resnet50")
@@ -102,6 +118,8 @@ class GpuConfig(BenchConfig):
     hvp_repeats: int = 2
     timed_lanczos_steps: int = 16
     device: str = "cuda"
+    backends: Sequence[str] = HVP_BACKENDS
+    backend_block: int = 8
 
     @classmethod
     def tiny(cls) -> GpuConfig:
@@ -120,6 +138,7 @@ class GpuConfig(BenchConfig):
             hvp_repeats=1,
             timed_lanczos_steps=8,
             device="cpu",
+            backends=("double-backward", "forward-over-reverse"),  # compile: minutes on a CPU
         )
 
 
@@ -241,12 +260,18 @@ def lanczos_seconds(
     return float(max(intercept + slope * (projected_steps - 1) / 2, per_step.min()))
 
 
-def measure(config: GpuConfig) -> list[ModelRow]:
-    """All rows of the table for ``config``."""
-    device = torch.device(config.device)
+def synthetic_data(config: GpuConfig, device: torch.device) -> Batches:
+    """ImageNet-shaped random batches on ``device`` (channels-last on CUDA)."""
     data = random_batches(config.batches, config.batch_size, config.image_size, CLASSES, device)
     if device.type == "cuda":
         data = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in data]
+    return data
+
+
+def measure(config: GpuConfig) -> list[ModelRow]:
+    """All rows of the table for ``config``."""
+    device = torch.device(config.device)
+    data = synthetic_data(config, device)
     rows = []
     for name in config.models:
         base = build_model(name)
@@ -274,6 +299,70 @@ def measure(config: GpuConfig) -> list[ModelRow]:
             rows.append(ModelRow(name, n_params, precision, *figures))
             del trained, model
     return rows
+
+
+def measure_backends(config: GpuConfig) -> dict[str, list[BackendTiming] | None]:
+    """The HVP backends compared per model at fp32, without graph cache (None: out of memory)."""
+    device = torch.device(config.device)
+    data = synthetic_data(config, device)
+    configure_backends(device, "fp32")
+    results: dict[str, list[BackendTiming] | None] = {}
+    for name in config.models:
+        model = prepare_model(build_model(name), device, "fp32").eval()
+        try:
+            results[name] = compare_backends(
+                model,
+                data,
+                config.backends,
+                block=config.backend_block,
+                repeats=config.hvp_repeats,
+                graph_cache=False,
+                device=device,
+            )
+        except torch.cuda.OutOfMemoryError:
+            results[name] = None
+        del model
+        _reset_peak(device)
+    return results
+
+
+def backend_table(
+    results: dict[str, list[BackendTiming] | None], images: int, device: torch.device
+) -> str:
+    """The backend comparison as a Markdown table, and what ``hvp="auto"`` picks here."""
+    cells = []
+    for model, timings in results.items():
+        if timings is None:
+            cells.append((model, "out of memory", *["n/a"] * 5))
+            continue
+        for t in timings:
+            cells.append(
+                (
+                    model,
+                    t.name,
+                    _ips(images / t.one),
+                    _ips(t.block * images / t.wide),
+                    f"{t.lockstep:.2f}",
+                    f"{t.first:.1f}",
+                    f"{t.agreement:.1e}",
+                )
+            )
+    block = next((t[0].block for t in results.values() if t), 8)
+    header = (
+        "model",
+        "hvp",
+        "img/s, block of 1",
+        f"img/s per vector, block of {block}",
+        f"block of {block} / {block} x 1",
+        "first calls s",
+        "rel. difference from double-backward",
+    )
+    auto = AUTO_BACKEND.get(device.type, "double-backward")
+    return (
+        markdown_table(header, cells, "llrrrrr")
+        + f"\nhvp='auto' uses {auto} on {device.type}; the fastest rows above decide whether "
+        "hessnb.hessian.hvp.AUTO_BACKEND should change for this device."
+    )
 
 
 def _ips(value: float) -> str:
@@ -337,6 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument(
+        "--backends",
+        nargs="*",
+        choices=HVP_BACKENDS,
+        default=None,
+        help="HVP backends to compare (default: all on CUDA, all but compile on the CPU; "
+        "none: skip the comparison)",
+    )
+    parser.add_argument(
         "--density-effect",
         action="store_true",
         help="also measure the effect of reduced-precision HVPs on the "
@@ -350,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         image_size=args.image_size,
         threads=args.threads,
+        backends=None if args.backends is None else tuple(args.backends),
     )
     config.apply_threads()
     device = torch.device(config.device)
@@ -362,6 +460,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     rows = measure(config)
     print(format_table(rows, device))
+    if config.backends:
+        images = config.batches * config.batch_size
+        print(f"\nHVP backends (fp32, no graph cache, {images} images per pass):")
+        print(backend_table(measure_backends(config), images, device))
     steps = config.slq.lanczos_steps
     print(f"\nprojected hours of a {steps}-step spectrum (from the HVP img/s above; {name}):")
     unit = "GPU" if device.type == "cuda" else "CPU process"

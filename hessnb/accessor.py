@@ -7,6 +7,7 @@ optionally run x step x ...): every dimension other than ``probe`` and ``node`` 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 import xarray as xr
@@ -19,6 +20,7 @@ from hessnb.linalg.quadrature import (
     gaussian_density,
     log_gaussian_density,
     moments,
+    wasserstein_distance,
 )
 from hessnb.schema import QUADRATURE, require
 
@@ -229,3 +231,119 @@ class HessAccessor:
         nodes, _ = self._quadrature()
         spread = nodes.max(["probe", "node"]) - nodes.min(["probe", "node"])
         return (self._ds["w1_bound"] * spread).rename("w1_bound_abs")
+
+    # ------------------------------------------------------------------ distances
+    def _spectra(self) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
+        """Quadrature per recorded step (key None for a single spectrum)."""
+        nodes, weights = self._quadrature()
+        extra = [d for d in nodes.dims[:-2] if d != "step"]
+        if extra:
+            raise ValueError(
+                f"distances need one run (dims step, probe, node); this dataset also has "
+                f"{extra}: select one first, e.g. ds.sel(run=...)"
+            )
+        if "step" not in nodes.dims:
+            return {None: (nodes.values, weights.values)}
+        out = {}
+        for i, step in enumerate(nodes["step"].values):
+            n, w = nodes.values[i], weights.values[i]
+            if np.isfinite(n).any():  # top-k records (has_density 0) hold no density
+                out[int(step)] = (n, np.nan_to_num(w))
+        return out
+
+    def distance(self, other: xr.Dataset, strict: bool = True) -> xr.DataArray:
+        """Wasserstein-1 distance to the spectrum of ``other``, in eigenvalue units.
+
+        Parameters
+        ----------
+        other : xarray.Dataset
+            A spectrum, or a run. Two single spectra give one number; a run and a single
+            spectrum give the distance at each of the run's steps; two runs give it at each
+            step both recorded (e.g. two training runs, step by step).
+        strict : bool
+            Refuse spectra of different operators: a different ``n_params``, ``model`` or
+            parameter selection (``strict=False`` allows different models of one size).
+
+        Returns
+        -------
+        xarray.DataArray
+            Dims ``()`` or ``("step",)``; ``W1`` between the probe-averaged quadratures.
+
+        Raises
+        ------
+        ValueError
+            Different sizes or operators, or no step in common.
+        """
+        require(other, QUADRATURE, "ds.hess.distance")
+        self._check_same_operator(other, strict)
+        mine, theirs = self._spectra(), other.hess._spectra()
+        attrs = {"long_name": "Wasserstein-1 distance between spectra", "units": "1"}
+        if list(mine) == [None] and list(theirs) == [None]:
+            value = wasserstein_distance(mine[None], theirs[None])
+            return xr.DataArray(value, name="distance", attrs=attrs)
+        if None in mine or None in theirs:
+            single = mine.get(None) or theirs[None]
+            pairs = {s: (q, single) for s, q in {**mine, **theirs}.items() if s is not None}
+        else:
+            common = sorted(set(mine) & set(theirs))
+            if not common:
+                raise ValueError(
+                    f"the two runs share no recorded step (steps {sorted(mine)[:8]} and "
+                    f"{sorted(theirs)[:8]}); pick steps with ds.sel(step=...) first"
+                )
+            pairs = {s: (mine[s], theirs[s]) for s in common}
+        steps = np.array(sorted(pairs), dtype=np.int64)
+        values = [wasserstein_distance(*pairs[s]) for s in steps]
+        return xr.DataArray(
+            values, dims="step", coords={"step": steps}, name="distance", attrs=attrs
+        )
+
+    def movement(self) -> xr.DataArray:
+        """How far the spectrum moved since the previous full record, at each record.
+
+        Returns
+        -------
+        xarray.DataArray, dims ("step",)
+            ``W1`` between the spectrum at each recorded step (from the second on) and the
+            one before it, in eigenvalue units; ``per_step`` (a coordinate) divides it by
+            the number of training steps in between.
+
+        Raises
+        ------
+        ValueError
+            Fewer than two recorded densities.
+        """
+        spectra = self._spectra()
+        if None in spectra or len(spectra) < 2:
+            raise ValueError(
+                "movement needs a run with at least two recorded densities (a step dimension)"
+            )
+        steps = np.array(sorted(spectra), dtype=np.int64)
+        values = [wasserstein_distance(spectra[a], spectra[b]) for a, b in pairwise(steps)]
+        return xr.DataArray(
+            values,
+            dims="step",
+            coords={"step": steps[1:], "per_step": ("step", np.asarray(values) / np.diff(steps))},
+            name="movement",
+            attrs={"long_name": "Wasserstein-1 distance to the previous record", "units": "1"},
+        )
+
+    def _check_same_operator(self, other: xr.Dataset, strict: bool) -> None:
+        for key in ("n_params", "model") if strict else ("n_params",):
+            a, b = _describe(self._ds, key), _describe(other, key)
+            if a is not None and b is not None and str(a) != str(b):
+                what = "sizes" if key == "n_params" else "operators"
+                hint = "" if key == "n_params" else " (pass strict=False to compare anyway)"
+                raise ValueError(
+                    f"these spectra are of different {what} ({key} {a!r} and {b!r}); a "
+                    f"distance compares spectra of the same operator{hint}"
+                )
+
+
+def _describe(ds: xr.Dataset, key: str) -> object:
+    """Attribute ``key`` of ``ds`` (``n_params`` also from its variable), or None."""
+    if key in ds.attrs:
+        return ds.attrs[key]
+    if key in ds and ds[key].size == 1:
+        return ds[key].item()
+    return None

@@ -17,7 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from hessnb.errors import RunFileError
-from hessnb.schema import RUN_FILE, SETTINGS, require
+from hessnb.schema import RUN_FILE, SETTINGS, SETTINGS_IMPLIED, require
 
 __all__ = [
     "append_record",
@@ -177,9 +177,10 @@ def open_run(path: str | os.PathLike) -> xr.Dataset:
 def check_compatible(existing: Mapping[str, Any], new: Mapping[str, Any], path: Any) -> None:
     """Refuse to mix runs whose settings differ (``SETTINGS``)."""
     differ = [
-        f"{key}: file has {existing.get(key)!r}, tracker has {new.get(key)!r}"
+        f"{key}: file has {existing.get(key, SETTINGS_IMPLIED.get(key))!r}, tracker has "
+        f"{new.get(key)!r}"
         for key in SETTINGS
-        if key in new and str(existing.get(key)) != str(new.get(key))
+        if key in new and str(existing.get(key, SETTINGS_IMPLIED.get(key))) != str(new.get(key))
     ]
     if differ:
         raise RunFileError(

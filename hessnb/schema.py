@@ -20,6 +20,7 @@ __all__ = [
     "QUADRATURE",
     "RUN_FILE",
     "SETTINGS",
+    "SETTINGS_IMPLIED",
     "VARIABLES",
     "Variable",
     "require",
@@ -61,7 +62,7 @@ DIMENSIONS = {
 }
 
 #: Every variable hessnb writes. User scalars (``tracker.record(step, lr=...)``) may use
-#: any other identifier; ``lr`` is listed so that it gets its long name.
+#: any other identifier; ``lr`` and ``momentum`` are listed so that they get long names.
 VARIABLES: dict[str, Variable] = {
     # quadrature and its summaries (hessnb.spectrum)
     "nodes": Variable(("probe", "node"), "quadrature node (Ritz value)"),
@@ -72,12 +73,17 @@ VARIABLES: dict[str, Variable] = {
     "trace": Variable((), "Hessian trace estimate"),
     "trace_stderr": Variable((), "standard error of the trace estimate over probes"),
     "w1_bound": Variable((), "a-priori Wasserstein-1 bound relative to the spectral range"),
+    "w1_posterior": Variable((), "a-posteriori Wasserstein-1 bound relative to the Ritz range"),
+    "n_deflated": Variable(("probe",), "converged top Ritz values given weight 1/n"),
     "lambda_min": Variable((), "smallest Ritz value"),
     "negative_mass": Variable((), "quadrature weight on Ritz values below -sigma (probe mean)"),
     "bulk_edge": Variable((), "top of the bulk: largest Ritz value that is not an outlier"),
     "n_outliers": Variable((), "top Ritz values isolated above the bulk"),
     "outlier_gap": Variable((), "top eigenvalue / bulk_edge"),
     "n_params": Variable((), "number of parameters", per_step=False),
+    # record bookkeeping (hessnb.Tracker)
+    "has_density": Variable((), "1 if the step holds a full density, 0 for a top-k record"),
+    "hvps": Variable((), "Hessian-vector products the record used (one per column)"),
     # training statistics (hessnb.Tracker)
     "loss": Variable((), "full-dataset mean loss"),
     "accuracy": Variable((), "full-dataset accuracy"),
@@ -85,11 +91,14 @@ VARIABLES: dict[str, Variable] = {
     "grad_fraction": Variable((), "fraction of |g|^2 in the top-k eigenspace"),
     "grad_overlap": Variable(("k",), "(u_i . g)^2 / |g|^2"),
     "grad_hg_cosine": Variable((), "cosine between g and Hg"),
+    "grad_nodes": Variable(("node",), "quadrature node of the gradient's spectral measure"),
+    "grad_weights": Variable(("node",), "share of |g|^2 at the gradient's quadrature node"),
     "update_norm": Variable((), "norm of the optimizer's update"),
     "update_fraction": Variable((), "fraction of |update|^2 in the top-k eigenspace"),
     "update_overlap": Variable(("k",), "(u_i . update)^2 / |update|^2"),
     "update_grad_cosine": Variable((), "cosine between the update and g"),
     "lr": Variable((), "learning rate", computed=False),
+    "momentum": Variable((), "heavy-ball momentum of the optimizer", computed=False),
 }
 
 #: Variables that make a dataset a hessnb spectrum (``ds.hess`` needs them).
@@ -98,7 +107,9 @@ QUADRATURE = ("nodes", "weights")
 RUN_FILE = ("nodes", "weights", "top_eigenvalues")
 
 #: Attributes that must agree between a run file and a tracker resuming it.
-SETTINGS = ("n_params", "lanczos_steps", "probes", "top_k", "seed", "bn_mode")
+SETTINGS = ("n_params", "lanczos_steps", "probes", "top_k", "seed", "deflate", "bn_mode")
+#: Values implied for settings that files written before they existed lack.
+SETTINGS_IMPLIED = {"deflate": 0}
 
 #: Provenance attributes, in the order reports show them.
 PROVENANCE = (
@@ -108,14 +119,18 @@ PROVENANCE = (
     "probes",
     "top_k",
     "seed",
+    "deflate",
+    "deflation_tol",
     "bn_mode",
     "has_batchnorm",
     "n_examples",
     "hessian_batch_size",
     "dtype",
+    "hvp",
     "precision",
     "data",
     "schedule",
+    "top_every",
     "run",
     "hessnb_version",
 )

@@ -26,6 +26,11 @@ class SLQSettings:
         ``lanczos_steps``.
     seed : int
         Seed of the probe vectors: the same seed gives the same probes at every step.
+    deflate : bool
+        Deflated SLQ (:mod:`hessnb.linalg.deflation`): top Ritz pairs that converged
+        (residual below ``1e-6`` of the largest Ritz value) count as eigenvalues of weight
+        ``1 / n`` and the probes estimate the rest. It costs no extra operator products;
+        a probe with nothing converged keeps its plain weights.
 
     Examples
     --------
@@ -37,6 +42,7 @@ class SLQSettings:
     probes: int = 1
     top_k: int = 10
     seed: int = 0
+    deflate: bool = True
 
     def __post_init__(self) -> None:
         check_positive_int("lanczos_steps", self.lanczos_steps)
@@ -44,6 +50,8 @@ class SLQSettings:
         check_positive_int("top_k", self.top_k)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
+        if not isinstance(self.deflate, bool):
+            raise TypeError(f"deflate must be True or False, got {self.deflate!r}")
         if self.top_k > self.lanczos_steps:
             raise ValueError(
                 f"top_k={self.top_k} exceeds lanczos_steps={self.lanczos_steps}: Lanczos "
@@ -51,7 +59,7 @@ class SLQSettings:
             )
 
     @classmethod
-    def resolve(cls, settings: SLQSettings | None, **keywords: int) -> SLQSettings:
+    def resolve(cls, settings: SLQSettings | None, **keywords: Any) -> SLQSettings:
         """``settings``, or the settings of the keywords (``spectrum`` and ``Tracker``).
 
         Raises
@@ -65,7 +73,7 @@ class SLQSettings:
         if chosen != cls():
             raise ValueError(
                 "pass either settings=SLQSettings(...) or the keywords lanczos_steps, probes, "
-                "seed and top_k, not both"
+                "seed, top_k and deflate, not both"
             )
         return settings
 
@@ -91,5 +99,5 @@ class SLQSettings:
         return replace(self, **changes)
 
     def as_attrs(self) -> dict[str, int]:
-        """The settings as dataset attributes."""
-        return asdict(self)
+        """The settings as dataset attributes (``deflate`` as 0 or 1: netCDF has no bool)."""
+        return {key: int(value) for key, value in asdict(self).items()}

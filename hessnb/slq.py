@@ -19,9 +19,15 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from hessnb.linalg.bounds import posterior_bound
+from hessnb.linalg.deflation import DEFLATION_TOL, deflate_weights
 from hessnb.linalg.lanczos import LanczosResult, lanczos_block
 from hessnb.linalg.operator import Operator, as_operator
-from hessnb.linalg.quadrature import tridiagonal_to_quadrature, wasserstein_bound
+from hessnb.linalg.quadrature import (
+    tridiagonal_to_quadrature,
+    wasserstein_bound,
+    wasserstein_distance,
+)
 from hessnb.linalg.statistics import spectrum_statistics
 from hessnb.schema import VARIABLES, variable_attrs
 from hessnb.settings import SLQSettings
@@ -40,29 +46,51 @@ class SpectrumEstimate:
     Attributes
     ----------
     nodes, weights : array, shape (probes, lanczos_steps)
-        Quadrature per probe; NaN nodes / zero weights past a probe's breakdown.
+        Quadrature per probe; NaN nodes / zero weights past a probe's breakdown. With
+        ``settings.deflate`` the weights are the deflated ones.
     lengths : array, shape (probes,)
         Lanczos steps taken per probe.
+    n_deflated : array, shape (probes,)
+        Converged top Ritz values given weight ``1 / n`` per probe (0 without deflation).
+    alpha, beta : array, shape (probes, lanczos_steps)
+        The Lanczos tridiagonals (``beta[p, lengths[p] - 1]`` is the final residual norm).
     top_eigenvalues, top_residuals : array, shape (top_k,)
         Largest Ritz values of probe 0 (descending) and ``||H u - theta u||`` for each.
     n_params : int
         Dimension of the operator.
     w1_bound : float
         A-priori Wasserstein-1 bound relative to the spectral range (95 % confidence).
+    w1_posterior : float
+        A-posteriori bound from this run's tridiagonals (:mod:`hessnb.linalg.bounds`),
+        relative to the Ritz range, 95 % confidence; with deflation it adds the exact
+        ``W1`` between the plain and the deflated quadrature (triangle inequality).
     settings : SLQSettings
     top_vectors : torch.Tensor, shape (n_params, top_k), or None
         Ritz vectors (unit norm), kept when asked for.
+    grad_nodes, grad_weights : array, shape (lanczos_steps,), or None
+        Gauss quadrature of the gradient's spectral measure, when a gradient was given.
+    grad_alpha, grad_beta : float
+        First diagonal and off-diagonal entry of the gradient's Lanczos run:
+        ``g.Hg / |g|^2`` and ``|Hg - alpha g| / |g|`` (NaN without a gradient).
     """
 
     nodes: np.ndarray
     weights: np.ndarray
     lengths: np.ndarray
+    n_deflated: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
     top_eigenvalues: np.ndarray
     top_residuals: np.ndarray
     n_params: int
     w1_bound: float
+    w1_posterior: float
     settings: SLQSettings
     top_vectors: torch.Tensor | None = None
+    grad_nodes: np.ndarray | None = None
+    grad_weights: np.ndarray | None = None
+    grad_alpha: float = math.nan
+    grad_beta: float = math.nan
 
     @property
     def traces(self) -> np.ndarray:
@@ -104,6 +132,21 @@ def _ritz(
     return values, residuals, vectors
 
 
+def _quadratures(
+    result: LanczosResult, columns: range, steps: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nodes, weights and Ritz residuals ``(len(columns), steps)`` of some Lanczos runs."""
+    shape = (len(columns), steps)
+    nodes, weights, residuals = np.full(shape, np.nan), np.zeros(shape), np.full(shape, np.nan)
+    for row, p in enumerate(columns):
+        alpha, beta = result.tridiagonal(p)
+        theta, tau, u = tridiagonal_to_quadrature(alpha.numpy(), beta.numpy())
+        m = theta.size
+        nodes[row, :m], weights[row, :m] = theta, tau
+        residuals[row, :m] = abs(float(result.beta[p, m - 1])) * np.abs(u[-1])
+    return nodes, weights, residuals
+
+
 def estimate(
     op: Any,
     settings: SLQSettings | None = None,
@@ -111,11 +154,12 @@ def estimate(
     placement: str = "device",
     on_step: Callable[[int], None] | None = None,
     keep_vectors: bool = False,
+    gradient: torch.Tensor | None = None,
 ) -> SpectrumEstimate:
     """Run SLQ and return raw arrays (see :func:`spectrum` for the dataset form).
 
     All probes run in lockstep through the operator's block product: one pass over the
-    data per Lanczos step serves every probe.
+    data per Lanczos step serves every probe (and the gradient, when given).
 
     Parameters
     ----------
@@ -129,10 +173,22 @@ def estimate(
         Called with the Lanczos step index after each step (progress bars).
     keep_vectors : bool
         Also return the top Ritz vectors.
+    gradient : torch.Tensor, shape (n_params,), optional
+        A non-zero vector ``g`` whose spectral measure ``sum_i (u_i . g)^2 / |g|^2
+        delta(lambda_i)`` is estimated too, by one more Lanczos run in the same block
+        (``grad_nodes``, ``grad_weights``). The probes' results do not change.
     """
     operator = as_operator(op)
     settings = (settings or SLQSettings()).for_dimension(operator.dim)
     start = probe_vectors(operator.dim, settings.probes, settings.seed)
+    if gradient is not None:
+        g = torch.as_tensor(gradient).detach().reshape(-1).to("cpu", torch.float64)
+        if g.numel() != operator.dim or not bool(torch.isfinite(g).all()) or not g.any():
+            raise ValueError(
+                f"gradient must be a finite, non-zero vector of {operator.dim} numbers (the "
+                f"operator's dimension), got {g.numel()} numbers"
+            )
+        start = torch.cat([start, g[:, None]], dim=1)
     with operator.reuse():  # the operator is fixed during one Lanczos run
         result = lanczos_block(
             operator.matmat,
@@ -143,12 +199,28 @@ def estimate(
             device=operator.device,
             callback=on_step,
         )
-    nodes = np.full((settings.probes, settings.lanczos_steps), np.nan)
-    weights = np.zeros((settings.probes, settings.lanczos_steps))
-    for p in range(settings.probes):
-        alpha, beta = result.tridiagonal(p)
-        theta, tau, _ = tridiagonal_to_quadrature(alpha.numpy(), beta.numpy())
-        nodes[p, : theta.size], weights[p, : tau.size] = theta, tau
+    steps = settings.lanczos_steps
+    nodes, weights, residuals = _quadratures(result, range(settings.probes), steps)
+    alpha, beta = result.alpha[: settings.probes].numpy(), result.beta[: settings.probes].numpy()
+    lengths = result.lengths[: settings.probes].numpy()
+    bound = posterior_bound(alpha, beta, operator.dim, CONFIDENCE, lengths=lengths)
+    n_deflated = np.zeros(settings.probes, dtype=np.int64)
+    shift = 0.0  # W1 between the plain and the deflated quadrature
+    if settings.deflate:
+        plain = weights
+        weights, n_deflated = deflate_weights(nodes, weights, residuals, operator.dim)
+        if n_deflated.any():
+            shift = wasserstein_distance((nodes, plain), (nodes, weights))
+    posterior = (bound.absolute + shift) / bound.ritz_range if bound.ritz_range > 0 else 0.0
+    extra: dict[str, Any] = {}
+    if gradient is not None:
+        g_nodes, g_weights, _ = _quadratures(result, range(settings.probes, start.shape[1]), steps)
+        extra = {
+            "grad_nodes": g_nodes[0],
+            "grad_weights": g_weights[0],
+            "grad_alpha": float(result.alpha[-1, 0]),
+            "grad_beta": float(result.beta[-1, 0]),
+        }
     try:
         values, residuals, vectors = _ritz(result, settings.top_k, keep_vectors)
     finally:
@@ -157,15 +229,18 @@ def estimate(
     return SpectrumEstimate(
         nodes=nodes,
         weights=weights,
-        lengths=result.lengths.numpy(),
+        lengths=lengths,
+        n_deflated=n_deflated,
+        alpha=alpha,
+        beta=beta,
         top_eigenvalues=values,
         top_residuals=residuals,
         n_params=operator.dim,
-        w1_bound=wasserstein_bound(
-            settings.lanczos_steps, settings.probes, operator.dim, CONFIDENCE
-        ),
+        w1_bound=wasserstein_bound(steps, settings.probes, operator.dim, CONFIDENCE),
+        w1_posterior=posterior,
         settings=settings,
         top_vectors=vectors,
+        **extra,
     )
 
 
@@ -183,13 +258,18 @@ def to_dataset(est: SpectrumEstimate, attrs: dict[str, Any] | None = None) -> xr
         "trace": float(traces.mean()),
         "trace_stderr": stderr,
         "w1_bound": est.w1_bound,
+        "w1_posterior": est.w1_posterior,
+        "n_deflated": est.n_deflated.astype(np.int64),
         **spectrum_statistics(est.nodes, est.weights),
         "n_params": np.int64(est.n_params),
     }
+    if est.grad_nodes is not None:
+        values.update(grad_nodes=est.grad_nodes, grad_weights=est.grad_weights)
     data = {
         name: (VARIABLES[name].dims, value, variable_attrs(name)) for name, value in values.items()
     }
     data["w1_bound"][2].update(confidence=CONFIDENCE, reference="Chen, Trogdon & Ubaru (2021)")
+    data["w1_posterior"][2].update(confidence=CONFIDENCE, method="hessnb.linalg.bounds")
     coords = {
         "probe": np.arange(probes),
         "node": np.arange(steps),
@@ -197,6 +277,8 @@ def to_dataset(est: SpectrumEstimate, attrs: dict[str, Any] | None = None) -> xr
     }
     ds = xr.Dataset(data, coords=coords)
     ds.attrs.update(est.settings.as_attrs())
+    if est.settings.deflate:
+        ds.attrs["deflation_tol"] = DEFLATION_TOL
     ds.attrs["n_params"] = int(est.n_params)
     ds.attrs.update(attrs or {})
     return ds
@@ -209,6 +291,7 @@ def spectrum(
     seed: int = 0,
     top_k: int = 10,
     *,
+    deflate: bool = True,
     settings: SLQSettings | None = None,
     placement: str = "device",
     progress: bool = True,
@@ -228,8 +311,13 @@ def spectrum(
         Seed of the probe vectors (the same seed gives the same probes).
     top_k : int
         Number of top Ritz values (and residuals) to keep.
+    deflate : bool
+        Deflated SLQ (the default): converged top Ritz values (residual below ``1e-6`` of
+        the largest) get their exact weight ``1 / n`` and the probes estimate the rest
+        (:mod:`hessnb.linalg.deflation`); no extra HVPs. ``n_deflated`` says how many per
+        probe; with none converged the result is plain SLQ.
     settings : SLQSettings, optional
-        All four settings at once (then the four keywords above must stay at defaults).
+        All five settings at once (then the five keywords above must stay at defaults).
     placement : {"device", "cpu", "mmap", "auto"}
         Where the Krylov basis is stored.
     progress : bool
@@ -239,10 +327,10 @@ def spectrum(
     -------
     xarray.Dataset
         ``nodes``, ``weights`` (probe, node); ``top_eigenvalues``, ``top_residuals`` (k);
-        ``trace``, ``trace_stderr``, ``w1_bound``, ``n_params``; the spectrum's statistics
-        ``lambda_min``, ``negative_mass``, ``bulk_edge``, ``n_outliers``, ``outlier_gap``
-        (see :mod:`hessnb.linalg.statistics` for the outlier rule); provenance in
-        ``attrs``.
+        ``n_deflated`` (probe); ``trace``, ``trace_stderr``, ``w1_bound``, ``n_params``;
+        the spectrum's statistics ``lambda_min``, ``negative_mass``, ``bulk_edge``,
+        ``n_outliers``, ``outlier_gap`` (see :mod:`hessnb.linalg.statistics` for the
+        outlier rule); provenance in ``attrs``.
         Use ``ds.hess.density()`` for the smoothed density.
 
     Examples
@@ -254,7 +342,12 @@ def spectrum(
     array([50., 49., 48.])
     """
     settings = SLQSettings.resolve(
-        settings, lanczos_steps=lanczos_steps, probes=probes, top_k=top_k, seed=seed
+        settings,
+        lanczos_steps=lanczos_steps,
+        probes=probes,
+        top_k=top_k,
+        seed=seed,
+        deflate=deflate,
     )
     operator = as_operator(op)  # provenance describes the operator, not the array
     bar = tqdm(

@@ -127,3 +127,64 @@ def test_w1_bound_is_relative_bound_times_ritz_range(spectrum_ds):
 def test_bad_requests_raise_clear_errors(spectrum_ds, call, message):
     with pytest.raises(ValueError, match=message):
         call(spectrum_ds)
+
+
+# ---------------------------------------------------------------------- distances
+def _exact(matrix_with_spectrum, eigenvalues, seed=0, **kwargs):
+    """Full-Krylov spectrum (m = n): deflated SLQ returns the exact eigenvalues."""
+    op = matrix_with_spectrum(eigenvalues, seed=seed)
+    return hessnb.spectrum(op, lanczos_steps=eigenvalues.size, progress=False, **kwargs)
+
+
+def test_distance_between_two_spectra_is_the_exact_w1(matrix_with_spectrum):
+    from scipy.stats import wasserstein_distance
+
+    a, b = np.linspace(0.0, 1.0, 30), np.linspace(0.0, 1.0, 30) ** 2 * 3
+    ds_a, ds_b = _exact(matrix_with_spectrum, a), _exact(matrix_with_spectrum, b, seed=1)
+    assert int(ds_a.n_deflated[0]) == 30
+    expected = wasserstein_distance(a, b)
+    assert float(ds_a.hess.distance(ds_b)) == pytest.approx(expected, rel=1e-8)
+    assert float(ds_a.hess.distance(ds_a)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_distance_step_by_step_and_movement(matrix_with_spectrum):
+    from scipy.stats import wasserstein_distance
+
+    spectra = {s: np.linspace(0.0, 1.0 + s, 20) for s in (0, 10, 30)}
+    run = xr.concat(
+        [_exact(matrix_with_spectrum, e).expand_dims(step=[s]) for s, e in spectra.items()],
+        dim="step",
+    )
+    single = _exact(matrix_with_spectrum, spectra[0])
+    to_start = run.hess.distance(single)
+    assert to_start.dims == ("step",) and to_start.step.values.tolist() == [0, 10, 30]
+    np.testing.assert_allclose(
+        to_start, [wasserstein_distance(spectra[s], spectra[0]) for s in (0, 10, 30)], atol=1e-9
+    )
+    same = run.hess.distance(run.isel(step=[1, 2]))
+    assert same.step.values.tolist() == [10, 30]
+    np.testing.assert_allclose(same, 0.0, atol=1e-9)
+    moved = run.hess.movement()
+    expected = [
+        wasserstein_distance(spectra[10], spectra[0]),
+        wasserstein_distance(spectra[30], spectra[10]),
+    ]
+    np.testing.assert_allclose(moved, expected, rtol=1e-8)
+    np.testing.assert_allclose(moved.per_step, np.array(expected) / [10, 20], rtol=1e-8)
+    with pytest.raises(ValueError, match="no recorded step"):
+        run.isel(step=[0]).hess.distance(run.isel(step=[1]))
+    with pytest.raises(ValueError, match="at least two"):
+        single.hess.movement()
+
+
+def test_distance_refuses_different_operators(matrix_with_spectrum):
+    a = _exact(matrix_with_spectrum, np.linspace(0.0, 1.0, 20))
+    b = _exact(matrix_with_spectrum, np.linspace(0.0, 1.0, 21))
+    with pytest.raises(ValueError, match="different sizes"):
+        a.hess.distance(b)
+    other = b.isel(node=slice(0, 20)).assign_attrs(n_params=20, model="OtherNet")
+    other["n_params"] = 20
+    a.attrs["model"] = "Net"
+    with pytest.raises(ValueError, match=r"different operators.*strict=False"):
+        a.hess.distance(other)
+    assert np.isfinite(float(a.hess.distance(other, strict=False)))

@@ -10,7 +10,13 @@ from hessnb import SLQSettings
 def test_defaults_are_the_papers():
     s = SLQSettings()
     assert (s.lanczos_steps, s.probes, s.top_k, s.seed) == (90, 1, 10, 0)
-    assert s.as_attrs() == {"lanczos_steps": 90, "probes": 1, "top_k": 10, "seed": 0}
+    assert s.as_attrs() == {
+        "lanczos_steps": 90,
+        "probes": 1,
+        "top_k": 10,
+        "seed": 0,
+        "deflate": 1,
+    }
 
 
 @pytest.mark.parametrize(

@@ -3,18 +3,23 @@
 Each step's spectrum is a real SLQ estimate (``hessnb.spectrum``) of a small symmetric
 matrix: a bulk near zero plus ``outliers`` eigenvalues that grow with the step, so the
 density visibly changes from step to step. The gradient statistics are made up but obey
-the schema (overlaps >= 0, ``grad_fraction`` = their sum <= 1).
+the schema (overlaps >= 0, ``grad_fraction`` = their sum <= 1). These datasets have no
+top-k records, no ``has_density`` and no gradient measure, like run files written before
+hessnb stored them; :func:`tracked_run` writes a real run that has all three.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
+from torch.nn import functional as F
 
 import hessnb
+from hessnb.reference import data, models
 from hessnb.runfile import combine_runs
 
 DIM = 40
@@ -88,3 +93,47 @@ def two_runs() -> xr.Dataset:
     bn = run_dataset(steps=(0, 10, 20), name="bn", seed=1)
     no_bn = run_dataset(steps=(0, 10, 20, 40), name="no-bn", seed=2)
     return combine_runs({"bn": bn, "no-bn": no_bn})
+
+
+#: Learning rate of :func:`tracked_run` before and from step :data:`LR_DROP_STEP`.
+TRACKED_LR, LR_DROP_STEP = (0.3, 0.1), 4
+
+
+def tracked_run(path: Path, steps: int = 7) -> xr.Dataset:
+    """A real run with top-k records, from ``hessnb.Tracker`` on a tiny digits MLP.
+
+    A 64-8-10 tanh MLP (float64) on 300 digits, trained by full-batch gradient descent
+    (lr 0.3, then 0.1 from step 4), tracked with ``every=[0, 6]`` (full records, with
+    the gradient's spectral measure) and ``top_every=2`` (top-k records at steps 2 and 4),
+    ``lr`` recorded at every step.
+
+    Returns
+    -------
+    xarray.Dataset
+        The run file at ``path``, opened (steps 0, 2, 4, 6; ``has_density`` 1, 0, 0, 1).
+    """
+    dataset = data.digits(images=False, size=300)
+    batches = [(x.double(), y) for x, y in data.fixed_batches(dataset, 100)]
+    torch.manual_seed(0)
+    model = models.mlp(hidden=(8,)).double()
+    tracker = hessnb.Tracker(
+        model,
+        F.cross_entropy,
+        batches,
+        path,
+        every=[0, 6],
+        top_every=2,
+        lanczos_steps=15,
+        top_k=3,
+        progress=False,
+    )
+    x, y = (torch.cat(part) for part in zip(*batches, strict=True))
+    for step in range(steps):
+        lr = TRACKED_LR[1] if step >= LR_DROP_STEP else TRACKED_LR[0]
+        tracker.maybe_record(step, lr=lr)
+        # plain gradient descent: torch.optim's first step imports torch._dynamo (seconds)
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+        with torch.no_grad():
+            for parameter, grad in zip(model.parameters(), grads, strict=True):
+                parameter -= lr * grad
+    return hessnb.open_run(path)

@@ -44,7 +44,8 @@ def add_runtime_options(parser: argparse.ArgumentParser, threads: int | None = N
 
 def add_slq_options(parser: argparse.ArgumentParser) -> None:
     """Add the SLQ options: ``--lanczos-steps``, ``--probes``, ``--top-k``, ``--seed``,
-    ``--bn-mode``, ``--placement``, and the runtime options (:func:`add_runtime_options`)."""
+    ``--no-deflate``, ``--bn-mode``, ``--placement``, and the runtime options
+    (:func:`add_runtime_options`)."""
     parser.add_argument(
         "--lanczos-steps",
         type=int,
@@ -62,6 +63,13 @@ def add_slq_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed", type=int, default=_DEFAULTS.seed, help="random seed (default %(default)s)"
+    )
+    parser.add_argument(
+        "--no-deflate",
+        dest="deflate",
+        action="store_false",
+        help="plain SLQ: do not give converged top Ritz values their exact weight 1/n "
+        "(deflated SLQ is the default)",
     )
     parser.add_argument(
         "--bn-mode",
@@ -83,7 +91,11 @@ def add_slq_options(parser: argparse.ArgumentParser) -> None:
 def slq_settings(args: argparse.Namespace) -> SLQSettings:
     """The :class:`~hessnb.SLQSettings` of parsed :func:`add_slq_options` options."""
     return SLQSettings(
-        lanczos_steps=args.lanczos_steps, probes=args.probes, top_k=args.top_k, seed=args.seed
+        lanczos_steps=args.lanczos_steps,
+        probes=args.probes,
+        top_k=args.top_k,
+        seed=args.seed,
+        deflate=args.deflate,
     )
 
 

@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-drops", type=int, nargs="*", default=[], help="steps of lr x0.1")
     add_batch_options(parser, train_default=128, fallback=512)
     parser.add_argument("--every", default="log", help="N, log, or log:N (default log)")
+    parser.add_argument(
+        "--top-every",
+        type=int,
+        default=None,
+        help="also record the top-k eigenvalues and gradient statistics every N steps "
+        "between densities, warm-started (a few HVPs each; default: off)",
+    )
     add_slq_options(parser)
     parser.add_argument("--name", default=None, help="label of the run")
     parser.add_argument("--checkpoint-dir", default=None, help="save/resume training state here")
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         data.fixed_batches(dataset, hessian_batch_size(args, model)),
         args.out,
         every=make_schedule(every),
+        top_every=args.top_every,
         **tracker_options(args),
         name=args.name,
         progress=not args.no_progress,

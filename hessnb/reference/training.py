@@ -141,9 +141,12 @@ def train(
             scheduled = [t for t in trackers if step in t.schedule or final]
             for each in scheduled:
                 if each.due(step, final=final):
-                    each.record(step, lr=rate)
+                    each.record(step, lr=rate, momentum=momentum)
             if scheduled:
                 checkpoint(step)
+            for each in trackers:
+                if each not in scheduled and each.top_due(step):
+                    each.record_top(step, lr=rate, momentum=momentum)  # between densities
             if step == steps:
                 break
             epoch, index = divmod(step, per_epoch)

@@ -32,8 +32,9 @@ from hessnb.runfile import (
     write_run,
 )
 from hessnb.settings import SLQSettings
-from hessnb.tracking.record import record_step
+from hessnb.tracking.record import TOP_TOL, Recorded, record_step, record_top
 from hessnb.tracking.schedule import Schedule, make_schedule
+from hessnb.validation import check_positive_int
 
 __all__ = ["Tracker"]
 
@@ -50,11 +51,20 @@ class Tracker:
         The netCDF run file. An existing file with the same settings is resumed: steps
         already in it are skipped, never duplicated.
     every : int, "log", "log:N" or list of int
-        Schedule: every N steps, log-spaced (dense early), or exactly these steps.
-    lanczos_steps, probes, top_k, seed
+        Schedule of full records (density, top-k, statistics): every N steps, log-spaced
+        (dense early), or exactly these steps.
+    top_every : int, optional
+        Also record the top-k Ritz pairs and the gradient statistics every ``top_every``
+        steps between full records (sharpness tracking): each such record starts from
+        the previous record's Ritz vectors (:func:`hessnb.linalg.topk.top_eigenpairs`)
+        and costs a few HVP blocks. These steps have ``has_density`` 0 and NaN density
+        variables in the same run file.
+    top_tol : float
+        Relative Ritz residual at which a top-k record stops (see ``top_every``).
+    lanczos_steps, probes, top_k, seed, deflate
         SLQ settings (see :func:`hessnb.spectrum`); the probes are the same at every step.
     settings : SLQSettings, optional
-        The four settings at once (then leave the keywords at their defaults).
+        The five settings at once (then leave the keywords at their defaults).
     bn_mode : {"train", "eval"}
         Batch-norm semantics of the Hessian (see :class:`~hessnb.HessianOperator`).
     train_batch_size : int, optional
@@ -95,10 +105,13 @@ class Tracker:
         path: str | os.PathLike = "run.nc",
         *,
         every: int | str | Sequence[int] | Schedule = 1,
+        top_every: int | None = None,
+        top_tol: float = TOP_TOL,
         lanczos_steps: int = 90,
         probes: int = 1,
         top_k: int = 10,
         seed: int = 0,
+        deflate: bool = True,
         settings: SLQSettings | None = None,
         bn_mode: str = "train",
         params: ParamSpec = None,
@@ -120,8 +133,18 @@ class Tracker:
         if self.path.is_dir():
             raise ValueError(f"{self.path} is a folder; pass a file path such as run.nc")
         self.schedule = make_schedule(every)
+        self.top_every = None if top_every is None else check_positive_int("top_every", top_every)
+        if not (isinstance(top_tol, (int, float)) and 0 < top_tol < 1):
+            raise ValueError(f"top_tol must be a number in (0, 1), got {top_tol!r}")
+        self.top_tol = float(top_tol)
+        self._vectors: torch.Tensor | None = None  # warm start of the next top-k record
         chosen = SLQSettings.resolve(
-            settings, lanczos_steps=lanczos_steps, probes=probes, top_k=top_k, seed=seed
+            settings,
+            lanczos_steps=lanczos_steps,
+            probes=probes,
+            top_k=top_k,
+            seed=seed,
+            deflate=deflate,
         )
         self._distributed = dist.use_distributed(distributed)
         self.operator = HessianOperator(
@@ -201,16 +224,28 @@ class Tracker:
         return self._data
 
     def due(self, step: int, final: bool = False) -> bool:
-        """Whether ``step`` is scheduled (or ``final``) and not yet recorded."""
+        """Whether a full record at ``step`` is scheduled (or ``final``) and not yet made."""
         return (final or step in self.schedule) and int(step) not in self.steps
+
+    def top_due(self, step: int) -> bool:
+        """Whether a top-k record (``top_every``) is due at ``step`` and none is made."""
+        return (
+            self.top_every is not None
+            and int(step) % self.top_every == 0
+            and int(step) not in self.steps
+        )
 
     # ------------------------------------------------------------------ recording
     def maybe_record(self, step: int, **scalars: Any) -> bool:
-        """Record if ``step`` is due (see :meth:`record`); return whether it recorded."""
-        if not self.due(step):
-            return False
-        self.record(step, **scalars)
-        return True
+        """Record if ``step`` is due: a full record on the schedule, else a top-k record
+        when ``top_every`` divides it. Return whether it recorded."""
+        if self.due(step):
+            self.record(step, **scalars)
+            return True
+        if self.top_due(step):
+            self.record_top(step, **scalars)
+            return True
+        return False
 
     def record(
         self,
@@ -246,7 +281,7 @@ class Tracker:
             leave=False,
         )
         try:
-            record = record_step(
+            recorded = record_step(
                 self.operator,
                 step,
                 self.settings,
@@ -254,21 +289,60 @@ class Tracker:
                 on_step=lambda _j: bar.update(1),
                 update=update,
                 scalars=scalars,
-                attrs={
-                    **self.extra_attrs,
-                    **self.file_settings,
-                    "schedule": self.schedule.describe(),
-                    **({"run": self.name} if self.name is not None else {}),
-                },
+                attrs=self._attrs(),
             )
         finally:
             bar.close()
+        return self._store(recorded)
+
+    def record_top(
+        self,
+        step: int,
+        *,
+        update: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        **scalars: float,
+    ) -> xr.Dataset:
+        """Record the top-k Ritz pairs and gradient statistics at ``step`` (no density).
+
+        Warm-started from the previous record's Ritz vectors (cold after a resume). The
+        arguments are those of :meth:`record`.
+
+        Returns
+        -------
+        xarray.Dataset
+            The step's record, already on disk (``has_density`` 0, NaN density).
+        """
+        step = self._check_step(step)
+        recorded = record_top(
+            self.operator,
+            step,
+            self.settings,
+            start=self._vectors,
+            tol=self.top_tol,
+            update=update,
+            scalars=scalars,
+            attrs=self._attrs(),
+        )
+        return self._store(recorded)
+
+    def _attrs(self) -> dict[str, Any]:
+        return {
+            **self.extra_attrs,
+            **self.file_settings,
+            "schedule": self.schedule.describe(),
+            **({"top_every": self.top_every} if self.top_every is not None else {}),
+            **({"run": self.name} if self.name is not None else {}),
+        }
+
+    def _store(self, recorded: Recorded) -> xr.Dataset:
+        """Append a record to the run and write it (rank 0); keep its vectors."""
         previous = None if self._replace else self._data
-        grown = append_record(previous, record)
+        grown = append_record(previous, recorded.dataset)
         # on disk before record returns; only rank 0 writes
         dist.write_on_main(write_run, grown, self.path, self._distributed)
         self._data, self._replace = grown, False
-        return record.isel(step=0)
+        self._vectors = recorded.vectors
+        return recorded.dataset.isel(step=0)
 
     def _check_step(self, step: Any) -> int:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)):

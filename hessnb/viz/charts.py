@@ -15,10 +15,18 @@ logarithmic by default (the paper's view: outliers carry weight ~1/n). Where the
 stores the spectrum statistics, the density marks ``bulk_edge`` and
 :func:`statistics_chart` follows ``outlier_gap``, ``n_outliers``, ``lambda_min`` and
 ``negative_mass`` over training; run files without them are drawn without them.
+
+Runs tracked with ``Tracker(top_every=...)`` also hold top-k records (``top_eigenvalues``
+and the gradient statistics, no density) between full records. Density views, the
+statistics, :func:`gradient_measure_chart` (the gradient's spectral measure) and
+:func:`movement_chart` (``ds.hess.movement()``) read the full records; the trajectories
+:func:`top_eigenvalues_chart`, :func:`gradient_chart` and :func:`sharpness_chart` (λ₁
+against 2/η) draw every record.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 
 import altair as alt
@@ -35,6 +43,9 @@ __all__ = [
     "density_chart",
     "density_heatmap",
     "gradient_chart",
+    "gradient_measure_chart",
+    "movement_chart",
+    "sharpness_chart",
     "statistics_chart",
     "step_slider",
     "top_eigenvalues_chart",
@@ -57,6 +68,25 @@ STATISTIC_PANELS = {
     "negative_mass": ("weight on λ < 0", False),
 }
 BULK_EDGE_COLOUR = "#2e7d32"
+SHARPNESS_COLOUR, THRESHOLD_COLOUR = "#1f4e79", "#c0504d"
+#: Stroke dash patterns of the λ₁ line and the threshold line of :func:`sharpness_chart`.
+SOLID, DASHED = [1, 0], [6, 3]
+#: Stroke of the line symbols in the legend of the λ₁ and threshold lines.
+LEGEND_STROKE = "#555555"
+#: Legend entry of the λ₁ line of :func:`sharpness_chart`.
+SHARPNESS = "λ₁: top eigenvalue"
+#: Height of the ``grad_fraction`` panel beneath the sharpness.
+FRACTION_HEIGHT = 90
+#: Subtitle of :func:`sharpness_chart` for a run without ``lr``.
+NO_LR_NOTE = (
+    "no lr stored: pass lr= to tracker.record / tracker.maybe_record to draw the "
+    "stability threshold 2/η"
+)
+MOVEMENT_NOTE = "Wasserstein-1 distance between consecutive densities; hover for the rate per step"
+MEASURE_NOTE = "cumulative share of ‖g‖² on the Ritz values of the gradient's Lanczos run"
+MEASURE_WIDTH = 300
+#: Margin of :func:`gradient_measure_chart`'s x axis beyond the nodes (share of their range).
+MEASURE_PADDING = 0.05
 
 
 # ---------------------------------------------------------------------- plumbing
@@ -90,10 +120,18 @@ def _with_ends(frame: pd.DataFrame, run_ds: xr.Dataset) -> pd.DataFrame:
 
 
 def _side_by_side(
-    ds: xr.Dataset, build: Callable[[xr.Dataset, str | None], alt.TopLevelMixin]
+    ds: xr.Dataset,
+    build: Callable[[xr.Dataset, str | None], alt.TopLevelMixin],
+    densities_only: bool = True,
 ) -> alt.TopLevelMixin:
-    """``build(run_ds, run_name)`` for each run, concatenated with shared scales."""
-    charts = [build(run_ds, name) for name, run_ds in runs.each_run(ds)]
+    """``build(run_ds, run_name)`` for each run, concatenated with shared scales.
+
+    ``run_ds`` holds the run's densities, or with ``densities_only=False`` every record
+    (top-k records too; see :func:`hessnb.viz.runs.select_run`).
+    """
+    charts = [
+        build(run_ds, name) for name, run_ds in runs.each_run(ds, densities_only=densities_only)
+    ]
     if len(charts) == 1:
         return charts[0]
     return alt.hconcat(*charts).resolve_scale(x="shared", y="shared", color="shared")
@@ -322,6 +360,101 @@ def _step_label(run_ds: xr.Dataset, step: StepArg, kernels: list[Kernel]) -> alt
     )
 
 
+def gradient_measure_chart(
+    ds: xr.Dataset,
+    step: StepArg = None,
+    *,
+    width: int = MEASURE_WIDTH,
+    height: int = HEIGHT,
+) -> alt.TopLevelMixin:
+    """The gradient's cumulative spectral measure at one step: where ``||g||²`` lies in λ.
+
+    A step curve ``G(λ) = Σ_{θ_j ≤ λ} w_j`` over the Ritz values ``θ_j`` (``grad_nodes``)
+    of the Lanczos run started at the gradient, each jumping by its share ``w_j`` of
+    ``||g||²`` (``grad_weights``; points mark the nodes); ``G`` rises from 0 to 1. A jump at
+    the top eigenvalues means the gradient lies in the outlier eigenspace.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Run(s) with ``grad_nodes``/``grad_weights`` (step, node), stored by
+        ``hessnb.Tracker`` at full records.
+    step : int, None or slider parameter
+        Which step (see the module docstring); None: the last step holding the measure.
+    width, height : int
+        Size of each run's panel in pixels.
+
+    Returns
+    -------
+    altair chart
+        Layers: ``G`` (step line), the nodes (points, ``w_j`` in the tooltip); the x axis spans
+        every run's and step's nodes.
+
+    Raises
+    ------
+    ValueError
+        No gradient measure stored (``hessnb.spectrum`` output, run files written before
+        hessnb stored it, runs of top-k records only), or none at ``step``.
+    """
+    stored = "grad_nodes" in ds and "grad_weights" in ds
+    nodes = np.asarray(ds["grad_nodes"].values if stored else [], dtype=np.float64)
+    finite = nodes[np.isfinite(nodes)]
+    if finite.size == 0:
+        raise ValueError(f"gradient_measure_chart: {frames.NO_GRADIENT_MEASURE}")
+    lo, hi = float(finite.min()), float(finite.max())
+    pad = MEASURE_PADDING * (hi - lo) if hi > lo else 1.0
+    domain = (lo - pad, hi + pad)
+
+    def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+        measured = run_ds.sel(step=frames.gradient_measure_steps(run_ds))
+        if measured.sizes["step"] == 0:
+            raise ValueError(f"gradient_measure_chart: run {run!r} holds no gradient measure")
+        try:
+            steps = None if _is_slider(step) else [runs.check_step(measured, step)]
+        except ValueError as err:
+            raise ValueError(
+                f"gradient_measure_chart: only full records store the gradient measure; {err}"
+            ) from err
+        frame = _with_ends(frames.gradient_measure_frame(measured, steps, domain), measured)
+        base = (
+            alt.Chart(_data(frame))
+            .transform_filter(_current(step, measured))
+            .encode(
+                x=alt.X(
+                    "eigenvalue:Q",
+                    title="eigenvalue λ",
+                    scale=alt.Scale(domain=list(domain), nice=False),
+                ),
+                y=alt.Y(
+                    "cumulative:Q",
+                    title="share of ‖g‖² on eigenvalues ≤ λ",
+                    scale=alt.Scale(domain=[0, 1]),
+                ),
+            )
+        )
+        curve = base.mark_line(interpolate="step-after", color=SHARPNESS_COLOUR)
+        jumps = (
+            base.transform_filter("isValid(datum.weight)")
+            .mark_point(filled=True, size=30, color=SHARPNESS_COLOUR)
+            .encode(
+                tooltip=[
+                    "step:Q",
+                    alt.Tooltip("eigenvalue:Q", title="θ", format=".5g"),
+                    alt.Tooltip("weight:Q", title="share of ‖g‖² at θ", format=".3g"),
+                    alt.Tooltip("cumulative:Q", title="share at ≤ θ", format=".3f"),
+                ],
+            )
+        )
+        chart = _layer(curve, jumps).properties(
+            width=width,
+            height=height,
+            title=_title("gradient's spectral measure", run, [MEASURE_NOTE]),
+        )
+        return _with_slider(chart, step)
+
+    return _side_by_side(ds, one)
+
+
 # ---------------------------------------------------------------------- over training
 def _marker(frame: pd.DataFrame, run_ds: xr.Dataset, step: StepArg, y: str) -> alt.Chart:
     """A rule and a large point at the current step on a trajectory."""
@@ -342,6 +475,8 @@ def top_eigenvalues_chart(
     height: int = HEIGHT,
 ) -> alt.TopLevelMixin:
     """Top Ritz values over training steps, one line per ``k``, lr drops dashed.
+
+    Every recorded step is drawn, the top-k records of ``Tracker(top_every=...)`` included.
 
     Parameters
     ----------
@@ -387,7 +522,7 @@ def top_eigenvalues_chart(
         chart = chart.properties(width=width, height=height, title=_title("top eigenvalues", run))
         return _with_slider(chart, step)
 
-    return _side_by_side(ds, one)
+    return _side_by_side(ds, one, densities_only=False)
 
 
 def gradient_chart(
@@ -401,7 +536,8 @@ def gradient_chart(
 
     The stacked areas are ``grad_overlap`` (share of ``||g||^2`` along each top
     eigenvector, when stored); the line is ``grad_fraction`` (their sum, the share in
-    the top-k eigenspace) with a marker at the current step.
+    the top-k eigenspace) with a marker at the current step. Every recorded step is
+    drawn, the top-k records of ``Tracker(top_every=...)`` included.
 
     Parameters
     ----------
@@ -448,6 +584,229 @@ def gradient_chart(
         chart = _layer(_lr_layer(run_ds), areas, line, _marker(fraction, run_ds, step, "value:Q"))
         chart = chart.properties(
             width=width, height=height, title=_title("gradient concentration", run)
+        )
+        return _with_slider(chart, step)
+
+    return _side_by_side(ds, one, densities_only=False)
+
+
+def _records(base: alt.Chart, y: alt.Y | str) -> alt.Chart:
+    """Points at every record, filled at full records (densities), hollow at top-k ones.
+
+    One colour for every chart: Vega-Lite merges the ``fill`` scales of composed charts.
+    """
+    return base.mark_point(filled=True, size=40, stroke=SHARPNESS_COLOUR, strokeWidth=1.5).encode(
+        y=y,
+        fill=alt.Fill(
+            "record:N",
+            scale=alt.Scale(
+                domain=[frames.FULL_RECORD, frames.TOP_K_RECORD],
+                range=[SHARPNESS_COLOUR, "white"],
+            ),
+            legend=alt.Legend(title="record", symbolStrokeColor=SHARPNESS_COLOUR),
+        ),
+    )
+
+
+def _series(chart: alt.Chart, name: str, scale: alt.Scale) -> alt.Chart:
+    """``chart`` dashed as the legend entry ``name`` of ``scale`` (a strokeDash scale).
+
+    The legend is on ``strokeDash``, a channel no other chart uses, so that composing
+    this chart with others (whose colour scales Vega-Lite merges) keeps its colours.
+    """
+    return chart.transform_calculate(series=json.dumps(name)).encode(
+        strokeDash=alt.StrokeDash(
+            "series:N",
+            scale=scale,
+            title=None,
+            legend=alt.Legend(labelLimit=0, symbolStrokeColor=LEGEND_STROKE),
+        )
+    )
+
+
+def sharpness_chart(
+    ds: xr.Dataset,
+    step: StepArg = None,
+    *,
+    momentum: float | None = None,
+    log_y: bool = False,
+    width: int = TRAJECTORY_WIDTH,
+    height: int = HEIGHT,
+    fraction_height: int = FRACTION_HEIGHT,
+) -> alt.TopLevelMixin:
+    """Sharpness λ₁ at every recorded step against the stability threshold 2/η.
+
+    λ₁ is ``top_eigenvalues`` at k = 1 at every recorded step: full records (filled
+    points) and the top-k records of ``Tracker(top_every=...)`` (hollow points). The
+    dashed line is :func:`hessnb.viz.frames.stability_threshold` of the per-step ``lr``
+    (recorded with ``tracker.record(step, lr=...)``): ``2/η``, or ``(2+2β)/η`` with
+    heavy-ball ``momentum`` β; λ₁ reaching it is the edge of stability. Beneath, sharing
+    the x axis, ``grad_fraction`` (share of ``||g||²`` in the top-k eigenspace), when
+    stored.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Run(s) with ``top_eigenvalues`` (step, k), optionally ``lr`` and ``grad_fraction``
+        (step).
+    step : int, None or slider parameter
+        Marked as the current step.
+    momentum : float, optional
+        Heavy-ball β of the optimizer (``torch.optim.SGD(momentum=...)``), in ``[0, 1)``.
+        Default: the run's recorded ``momentum`` (``hessnb.reference.train`` records it),
+        else 0.
+    log_y : bool
+        Symmetric-log λ axis (a small λ₁ stays visible under a large 2/η).
+    width, height : int
+        Size of each run's λ₁ panel in pixels.
+    fraction_height : int
+        Height of each run's ``grad_fraction`` panel.
+
+    Returns
+    -------
+    altair chart
+        Per run, layers: lr drops (rules), 2/η (dashed step line, when ``lr`` is stored),
+        λ₁ (line and record points), current-step marker; runs side by side; the
+        ``grad_fraction`` row below. The subtitle names the threshold drawn, or says how
+        to record ``lr`` when the run has none.
+    """
+    require(ds, ["top_eigenvalues"], "sharpness_chart")
+    if momentum is None:
+        momentum = frames.recorded_momentum(ds)
+    label = frames.threshold_label(momentum)
+    with_lr = "lr" in ds and bool(np.isfinite(np.asarray(ds["lr"].values, np.float64)).any())
+    dashes = (
+        alt.Scale(domain=[SHARPNESS, label], range=[SOLID, DASHED])
+        if with_lr
+        else alt.Scale(domain=[SHARPNESS], range=[SOLID])
+    )
+    fraction = "grad_fraction" in ds
+    x = alt.X("step:Q", title=None if fraction else "training step")
+
+    def frame_of(run_ds: xr.Dataset) -> pd.DataFrame:
+        return _with_ends(frames.sharpness_frame(run_ds, momentum), run_ds)
+
+    def sharpness(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+        frame = frame_of(run_ds)
+        base = alt.Chart(_data(frame)).encode(
+            x=x,
+            tooltip=[
+                "step:Q",
+                alt.Tooltip("sharpness:Q", title="λ₁", format=".5g"),
+                "record:N",
+                *[
+                    alt.Tooltip(f"{c}:Q", format=".4g")
+                    for c in ("residual", "lr", "threshold")
+                    if c in frame
+                ],
+            ],
+        )
+        y = alt.Y(
+            "sharpness:Q",
+            title="sharpness λ₁",
+            scale=alt.Scale(type="symlog" if log_y else "linear"),
+        )
+        line = _series(base.mark_line(color=SHARPNESS_COLOUR), SHARPNESS, dashes).encode(y=y)
+        threshold, note = None, NO_LR_NOTE
+        if "threshold" in frame and frame["threshold"].notna().any():
+            threshold = _series(
+                base.mark_line(color=THRESHOLD_COLOUR, interpolate="step-after"), label, dashes
+            ).encode(y=alt.Y("threshold:Q", title="sharpness λ₁"))
+            note = f"dashed: the stability threshold {label}"
+        chart = _layer(
+            _lr_layer(run_ds),
+            threshold,
+            line,
+            _records(base, y),
+            _marker(frame, run_ds, step, "sharpness:Q"),
+        )
+        return chart.properties(
+            width=width, height=height, title=_title("sharpness over training", run, [note])
+        )
+
+    def gradient_share(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+        frame = frame_of(run_ds)
+        y = alt.Y("grad_fraction:Q", title="share of ‖g‖² in top-k", scale=alt.Scale(domain=[0, 1]))
+        base = alt.Chart(_data(frame)).encode(
+            x=alt.X("step:Q", title="training step"),
+            tooltip=["step:Q", "record:N", alt.Tooltip("grad_fraction:Q", format=".3f")],
+        )
+        return _layer(
+            _lr_layer(run_ds),
+            base.mark_line(color="black").encode(y=y),
+            _records(base, y),
+            _marker(frame, run_ds, step, "grad_fraction:Q"),
+        ).properties(width=width, height=fraction_height)
+
+    chart = _side_by_side(ds, sharpness, densities_only=False)
+    if fraction:
+        below = _side_by_side(ds, gradient_share, densities_only=False)
+        chart = alt.vconcat(chart, below).resolve_scale(x="shared")
+    return _with_slider(chart, step)
+
+
+def movement_chart(
+    ds: xr.Dataset,
+    step: StepArg = None,
+    *,
+    width: int = TRAJECTORY_WIDTH,
+    height: int = HEIGHT,
+) -> alt.TopLevelMixin:
+    """How far the spectrum moved between consecutive densities, over training.
+
+    At each density after a run's first, ``ds.hess.movement()``: the Wasserstein-1
+    distance (in eigenvalue units) between that step's spectrum and the previous
+    density's. The tooltip adds the previous step and the rate per training step
+    (``per_step``), which compares records spaced unevenly.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Run(s), each with at least two densities.
+    step : int, None or slider parameter
+        Marked as the current step (no marker at a run's first density).
+    width, height : int
+        Size of each run's panel in pixels.
+
+    Returns
+    -------
+    altair chart
+        Layers: lr drops (rules), ``W1`` (line with points), current-step marker.
+
+    Raises
+    ------
+    ValueError
+        A run with fewer than two densities.
+    """
+
+    def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+        steps = runs.steps_of(run_ds)
+        if steps.size < 2:
+            name = f"run {run!r}" if run is not None else "the run"
+            raise ValueError(
+                f"movement_chart needs at least two recorded densities per run; {name} has "
+                f"one (step {steps[0]}): track more full records (Tracker's every=)"
+            )
+        frame = _with_ends(frames.movement_frame(run_ds), run_ds)
+        line = (
+            alt.Chart(_data(frame))
+            .mark_line(point=True, color=SHARPNESS_COLOUR)
+            .encode(
+                x=alt.X("step:Q", title="training step"),
+                y=alt.Y("w1:Q", title="W1 to the previous density"),
+                tooltip=[
+                    "step:Q",
+                    alt.Tooltip("previous:Q", title="previous density"),
+                    alt.Tooltip("w1:Q", title="W1", format=".4g"),
+                    alt.Tooltip("per_step:Q", title="W1 per training step", format=".3g"),
+                ],
+            )
+        )
+        chart = _layer(_lr_layer(run_ds), line, _marker(frame, run_ds, step, "w1:Q"))
+        chart = chart.properties(
+            width=width,
+            height=height,
+            title=_title("spectrum movement", run, [MOVEMENT_NOTE]),
         )
         return _with_slider(chart, step)
 

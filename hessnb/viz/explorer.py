@@ -3,9 +3,13 @@
 Controls (a step slider with a play button, a kernel-width slider, a log/linear toggle,
 a run selector and a refresh button) redraw one ``alt.JupyterChart``: the density at the
 current step with the top eigenvalues as rules coloured and sized by their share of the
-gradient and the bulk edge marked, beside the ``grad_fraction`` curve, above the spectrum
-statistics over training (when the run stores them), each with a marker at the current
-step. Every step is smoothed with its own paper kernel (:mod:`hessnb.viz.smoothing`);
+gradient and the bulk edge marked, beside the ``grad_fraction`` curve; below them the
+sharpness λ₁ against 2/η (for runs of more than one record) beside the gradient's
+cumulative spectral measure at the current step (when stored); then the spectrum
+statistics over training (when the run stores them); trajectories carry a marker at the
+current step. The step slider moves over the steps holding a density; the trajectories
+also draw the top-k records of ``Tracker(top_every=...)`` between them. Every step is
+smoothed with its own paper kernel (:mod:`hessnb.viz.smoothing`);
 the σ slider multiplies all of them (1 = the paper's). Nothing is computed here beyond
 ``ds.hess`` (through :mod:`hessnb.viz.charts`); re-smoothing reuses the stored quadrature
 nodes and weights. ``JupyterChart`` is an anywidget, so no front-end build step is needed
@@ -116,6 +120,7 @@ class Explorer(widgets.VBox):
         names = runs.run_names(self.dataset)
         run = (run or names[0]) if names else None
         self._run_ds = runs.select_run(self.dataset, run)
+        self._records = runs.select_run(self.dataset, run, densities_only=False)
         self._smoothing = Smoothing.of(self.dataset, None, points, x_scale, scale=sigma_scale)
 
         self.run_select = widgets.Dropdown(options=names, value=run, description="run")
@@ -275,10 +280,12 @@ class Explorer(widgets.VBox):
         Returns
         -------
         altair chart
-            The density; beside it the gradient share (when stored); below them the
-            spectrum statistics over training (when stored).
+            Rows: the density, beside it the gradient share (when stored); the sharpness
+            (more than one record), beside it the gradient's spectral measure at the step
+            (when stored there); the spectrum statistics over training (when stored).
         """
         step = int(self.step_slider.value)
+        records = self._records
         density = charts.density_chart(
             self._run_ds,
             step,
@@ -288,13 +295,18 @@ class Explorer(widgets.VBox):
             y_max=self._top_of_axis(),
             width=DENSITY_WIDTH,
         )
-        top = density
-        if "grad_fraction" in self._run_ds:
-            gradient = charts.gradient_chart(self._run_ds, step, width=GRAD_WIDTH)
-            top = alt.hconcat(density, gradient)
-        if not frames.statistics_in(self._run_ds):
-            return top
-        return alt.vconcat(top, charts.statistics_chart(self._run_ds, step))
+        rows = [[density]]
+        if "grad_fraction" in records:
+            rows[0].append(charts.gradient_chart(records, step, width=GRAD_WIDTH))
+        rows.append([])
+        if records.sizes["step"] > 1:
+            rows[1].append(charts.sharpness_chart(records, step, width=DENSITY_WIDTH))
+        if step in frames.gradient_measure_steps(self._run_ds):
+            rows[1].append(charts.gradient_measure_chart(self._run_ds, step, width=GRAD_WIDTH))
+        if frames.statistics_in(self._run_ds):
+            rows.append([charts.statistics_chart(self._run_ds, step)])
+        shown = [row[0] if len(row) == 1 else alt.hconcat(*row) for row in rows if row]
+        return shown[0] if len(shown) == 1 else alt.vconcat(*shown)
 
     def _redraw(self, _change: Any = None) -> None:
         if self._quiet:
@@ -304,11 +316,13 @@ class Explorer(widgets.VBox):
 
     def _update_status(self) -> None:
         steps = runs.steps_of(self._run_ds)
+        top_k = self._records.sizes["step"] - steps.size
         kernel = self.kernel
         run = f"run <b>{self.run}</b> · " if self.run is not None else ""
         widened = f", widened ×{kernel.widening:.2g} to fit the grid" if kernel.widened else ""
+        records = f" and {top_k} top-k records" if top_k else ""
         self.status.value = (
-            f"{run}{steps.size} recorded steps ({steps[0]}…{steps[-1]}) · "
+            f"{run}{steps.size} recorded densities ({steps[0]}…{steps[-1]}){records} · "
             f"σ = {self.sigma_scale:.3g} × the paper's, {kernel.sigma:.3g} at step "
             f"{self.step}{widened} · {kernel.grid.size} grid points"
         )
@@ -318,6 +332,7 @@ class Explorer(widgets.VBox):
         old_step = self.step
         was_last = self.step_slider.index == len(self.step_slider.options) - 1
         self._run_ds = runs.select_run(self.dataset, run)
+        self._records = runs.select_run(self.dataset, run, densities_only=False)
         options = self._step_options()
         steps = [s for _, s in options]
         self._quiet = True

@@ -4,7 +4,10 @@ Views never compute spectra: every density here is ``ds.hess.density`` (or
 ``density_band``) of stored quadrature nodes and weights, each step with its own kernel
 and grid (:mod:`hessnb.viz.smoothing`). The per-step statistics (``lambda_min``,
 ``outlier_gap``, ...) are read as stored; run files written before they existed simply
-lack them, and :func:`statistics_in` says which a dataset holds.
+lack them, and :func:`statistics_in` says which a dataset holds. Trajectory tables
+(:func:`top_frame`, :func:`sharpness_frame`, :func:`scalar_frame`) take every step of the
+run they are given, top-k records included; :func:`gradient_measure_frame` and
+:func:`movement_frame` read full records only.
 """
 
 from __future__ import annotations
@@ -20,20 +23,40 @@ from scipy.integrate import cumulative_trapezoid
 from hessnb import accessor  # noqa: F401  (registers ds.hess)
 from hessnb.linalg.statistics import STATISTICS
 from hessnb.schema import require
-from hessnb.viz.runs import check_step, step_ends, steps_of
+from hessnb.viz.runs import check_step, density_mask, step_ends, steps_of
 from hessnb.viz.smoothing import Smoothing
 
 __all__ = [
+    "FULL_RECORD",
+    "NO_GRADIENT_MEASURE",
+    "TOP_K_RECORD",
+    "check_momentum",
+    "recorded_momentum",
     "density_frame",
     "from_csv",
+    "gradient_measure_frame",
+    "gradient_measure_steps",
     "heat_frame",
     "kernel_frame",
     "lr_drops",
+    "movement_frame",
     "scalar_frame",
+    "sharpness_frame",
+    "stability_threshold",
     "statistics_in",
+    "threshold_label",
     "to_csv",
     "top_frame",
 ]
+
+#: Values of the ``record`` column of :func:`sharpness_frame`.
+FULL_RECORD, TOP_K_RECORD = "full record (density)", "top-k record"
+#: Why a run has no gradient measure to draw.
+NO_GRADIENT_MEASURE = (
+    "the gradient's spectral measure (grad_nodes, grad_weights) is not stored in this run: "
+    "hessnb.Tracker's full records store it; top-k records, hessnb.spectrum and run files "
+    "written before hessnb stored it do not"
+)
 
 
 def to_csv(frame: pd.DataFrame) -> tuple[str, dict[str, str]]:
@@ -287,3 +310,207 @@ def lr_drops(ds: xr.Dataset) -> np.ndarray:
     known = np.isfinite(lr)
     lr, steps = lr[known], steps[known]
     return steps[1:][lr[1:] < lr[:-1]]
+
+
+def check_momentum(momentum: float) -> float:
+    """``momentum`` as a float if it is a heavy-ball coefficient in ``[0, 1)``, else raise."""
+    if isinstance(momentum, bool) or not isinstance(
+        momentum, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"momentum must be a number in [0, 1), got {type(momentum).__name__}")
+    if not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(f"momentum must lie in [0, 1) (heavy-ball beta), got {momentum!r}")
+    return float(momentum)
+
+
+def recorded_momentum(ds: xr.Dataset) -> float:
+    """The run's ``momentum`` variable (``hessnb.reference.train`` records it), else 0.
+
+    Raises
+    ------
+    ValueError
+        If the recorded momentum changes during the run (pass ``momentum=`` instead).
+    """
+    if "momentum" not in ds:
+        return 0.0
+    values = np.unique(np.asarray(ds["momentum"].values, dtype=np.float64))
+    values = values[np.isfinite(values)]
+    if values.size > 1:
+        raise ValueError(
+            f"the recorded momentum changes during the run ({values.tolist()}); pass "
+            "momentum=<the heavy-ball beta to draw> explicitly"
+        )
+    return check_momentum(float(values[0])) if values.size else 0.0
+
+
+def stability_threshold(lr: np.ndarray, momentum: float = 0.0) -> np.ndarray:
+    """Largest sharpness at which (heavy-ball) gradient descent is stable, ``(2 + 2β) / η``.
+
+    On a quadratic with curvature ``λ``, gradient descent with step ``η`` diverges along
+    the top eigenvector once ``λ > 2 / η``; heavy-ball momentum ``β`` (``torch.optim.SGD``'s
+    ``momentum``) moves the threshold to ``(2 + 2β) / η``.
+
+    Parameters
+    ----------
+    lr : array, shape (s,)
+        Learning rate ``η`` per step (NaN stays NaN).
+    momentum : float
+        ``β`` in ``[0, 1)``; 0 is plain gradient descent.
+
+    Returns
+    -------
+    array, shape (s,), float64
+    """
+    beta = check_momentum(momentum)
+    return (2.0 + 2.0 * beta) / np.asarray(lr, dtype=np.float64)
+
+
+def threshold_label(momentum: float = 0.0) -> str:
+    """Names the line :func:`stability_threshold` draws and the optimizer it holds for.
+
+    ``"2/η (gradient descent)"`` for ``momentum`` 0, else e.g.
+    ``"(2+2β)/η, β = 0.9 (heavy-ball momentum)"``.
+    """
+    beta = check_momentum(momentum)
+    if beta == 0.0:
+        return "2/η (gradient descent)"
+    return f"(2+2β)/η, β = {beta:g} (heavy-ball momentum)"
+
+
+def sharpness_frame(ds: xr.Dataset, momentum: float = 0.0) -> pd.DataFrame:
+    """The top eigenvalue λ₁ at every step of one run, its kind of record and 2/η.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A single run with ``top_eigenvalues`` (step, k), ``s`` steps (from
+        ``select_run(..., densities_only=False)`` to include the top-k records).
+    momentum : float
+        Heavy-ball ``β`` of the optimizer, for the threshold (see
+        :func:`stability_threshold`).
+
+    Returns
+    -------
+    pandas.DataFrame, s rows
+        ``step``, ``sharpness`` (``top_eigenvalues`` at k = 1), ``full`` (whether the step
+        holds a density), ``record`` (:data:`FULL_RECORD` or :data:`TOP_K_RECORD`), and
+        when stored ``residual`` (``top_residuals`` at k = 1), ``grad_fraction``, ``lr``
+        and ``threshold`` (= ``stability_threshold(lr, momentum)``).
+    """
+    require(ds, ["top_eigenvalues"], "a sharpness view")
+    beta = check_momentum(momentum)
+    full = density_mask(ds)
+    frame = pd.DataFrame(
+        {
+            "step": steps_of(ds),
+            "sharpness": ds["top_eigenvalues"].transpose("step", "k").values[:, 0],
+            "full": full,
+            "record": np.where(full, FULL_RECORD, TOP_K_RECORD),
+        }
+    )
+    if "top_residuals" in ds:
+        frame["residual"] = ds["top_residuals"].transpose("step", "k").values[:, 0]
+    if "grad_fraction" in ds:
+        frame["grad_fraction"] = np.asarray(ds["grad_fraction"].values, dtype=np.float64)
+    if "lr" in ds:
+        frame["lr"] = np.asarray(ds["lr"].values, dtype=np.float64)
+        frame["threshold"] = stability_threshold(frame["lr"].to_numpy(), beta)
+    return frame
+
+
+def gradient_measure_steps(ds: xr.Dataset) -> np.ndarray:
+    """Steps of one run that hold the gradient's spectral measure, shape (m,), int64.
+
+    Empty when ``grad_nodes`` is absent (``hessnb.spectrum`` without a gradient, run files
+    written before hessnb stored it) or NaN everywhere (top-k records, zero gradients).
+    """
+    if "grad_nodes" not in ds or "grad_weights" not in ds:
+        return np.zeros(0, dtype=np.int64)
+    finite = np.isfinite(ds["grad_nodes"].transpose("step", "node").values).any(axis=1)
+    return steps_of(ds)[finite]
+
+
+def gradient_measure_frame(
+    ds: xr.Dataset,
+    steps: Sequence[int] | None = None,
+    domain: tuple[float, float] | None = None,
+) -> pd.DataFrame:
+    """The gradient's cumulative spectral measure ``G(λ) = Σ_{θ_j ≤ λ} w_j`` per step.
+
+    ``θ_j``/``w_j`` are ``grad_nodes``/``grad_weights``: the Ritz values of the Lanczos run
+    started at the gradient ``g`` and the share of ``||g||²`` at each, so ``G`` rises from
+    0 to 1 (to rounding) and ``G(λ)`` is the share of ``||g||²`` on eigenvalues ``≤ λ``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A single run with ``grad_nodes`` and ``grad_weights`` (step, node).
+    steps : sequence of int, optional
+        Steps to include (default: every step holding the measure,
+        :func:`gradient_measure_steps`).
+    domain : (float, float), optional
+        Add a row at ``domain[0]`` with ``G = 0`` before each step's nodes and one at
+        ``domain[1]`` with ``G = Σ w_j`` after them, so a step curve spans the axis.
+
+    Returns
+    -------
+    pandas.DataFrame, sum of (m_s + 2 if domain else m_s) rows
+        ``step``, ``eigenvalue`` (θ_j increasing, with the domain's ends), ``weight``
+        (``w_j``; NaN on the domain rows) and ``cumulative`` (``G(θ_j)``, the cumulative
+        sum of the weights in increasing θ).
+
+    Raises
+    ------
+    ValueError
+        The run holds no gradient measure, or not at one of ``steps``.
+    """
+    measured = gradient_measure_steps(ds)
+    if measured.size == 0:
+        raise ValueError(NO_GRADIENT_MEASURE)
+    sub = ds.sel(step=measured)
+    if steps is not None:
+        sub = sub.sel(step=[check_step(sub, int(s)) for s in steps])
+    nodes = sub["grad_nodes"].transpose("step", "node").values
+    weights = sub["grad_weights"].transpose("step", "node").values
+    parts = []
+    for step, theta, w in zip(steps_of(sub), nodes, weights, strict=True):
+        keep = np.isfinite(theta)
+        order = np.argsort(theta[keep], kind="stable")
+        theta, w = theta[keep][order], np.nan_to_num(w[keep][order])
+        cumulative = np.cumsum(w)
+        if domain is not None:
+            theta = np.concatenate([[domain[0]], theta, [domain[1]]])
+            w = np.concatenate([[np.nan], w, [np.nan]])
+            cumulative = np.concatenate([[0.0], cumulative, cumulative[-1:]])
+        parts.append(
+            pd.DataFrame({"step": step, "eigenvalue": theta, "weight": w, "cumulative": cumulative})
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def movement_frame(ds: xr.Dataset) -> pd.DataFrame:
+    """How far the spectrum moved between consecutive densities of one run.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A single run with at least two densities.
+
+    Returns
+    -------
+    pandas.DataFrame, one row per density after the first
+        ``step``, ``previous`` (the density before it), ``w1`` (``ds.hess.movement()``:
+        Wasserstein-1 distance between the two spectra, eigenvalue units) and
+        ``per_step`` (``w1 / (step - previous)``).
+    """
+    moved = ds.hess.movement()
+    steps = np.asarray(moved["step"].values, dtype=np.int64)
+    densities = steps_of(ds)[density_mask(ds)]
+    return pd.DataFrame(
+        {
+            "step": steps,
+            "previous": densities[np.searchsorted(densities, steps) - 1],
+            "w1": moved.values,
+            "per_step": moved["per_step"].values,
+        }
+    )

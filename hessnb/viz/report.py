@@ -1,10 +1,13 @@
 """A self-contained interactive HTML report of one or several runs.
 
 The page holds the density at every recorded step (each smoothed with its own paper
-kernel), the top-eigenvalue trajectories, the gradient concentration, the spectrum
-statistics (when stored) and a log-density heat map, all driven by one Vega-Lite
-"training step" slider. Vega's JavaScript is inlined, so the file opens in any
-browser with no kernel and no network. ``hessnb report RUN... --html out.html``
+kernel) and the gradient's spectral measure (when stored), the top-eigenvalue
+trajectories, the gradient concentration, the sharpness against 2/η, the spectrum's
+movement between densities, the spectrum statistics (when stored) and a log-density heat
+map, all driven by one Vega-Lite "training step" slider over the densities. Trajectories
+draw every record, the top-k records of ``Tracker(top_every=...)`` included; at most
+``max_steps`` densities are embedded. Vega's JavaScript is inlined, so the file opens in
+any browser with no kernel and no network. ``hessnb report RUN... --html out.html``
 (:mod:`hessnb.cli.report`) writes it with :func:`write_report`.
 """
 
@@ -77,14 +80,33 @@ def load_runs(sources: Source | Sequence[Source]) -> xr.Dataset:
     return combine_runs(named)
 
 
+def _densities(ds: xr.Dataset) -> np.ndarray:
+    """Positions along ``step`` of the steps holding a density in any run."""
+    if "step" not in ds.dims:
+        return np.zeros(1, dtype=np.int64)
+    return np.flatnonzero(runs.density_mask(ds))
+
+
 def _thin(ds: xr.Dataset, max_steps: int) -> xr.Dataset:
-    """At most ``max_steps`` steps, evenly spread, first and last kept."""
+    """``ds`` at its densities: at most ``max_steps``, evenly spread, first and last kept.
+
+    Top-k records are dropped: only the density views, the statistics and the slider
+    read the result.
+    """
     if max_steps < 2:
         raise ValueError(f"max_steps must be at least 2, got {max_steps}")
-    if "step" not in ds.dims or ds.sizes["step"] <= max_steps:
+    if "step" not in ds.dims:
         return ds
-    keep = np.unique(np.round(np.linspace(0, ds.sizes["step"] - 1, max_steps)).astype(int))
-    return ds.isel(step=keep)
+    densities = _densities(ds)
+    keep = np.unique(np.round(np.linspace(0, densities.size - 1, max_steps)).astype(int))
+    return ds.isel(step=densities[keep] if densities.size > max_steps else densities)
+
+
+def _rows(views: list[alt.TopLevelMixin], several_runs: bool) -> list[alt.TopLevelMixin]:
+    """Views side by side in one row, or (each already runs side by side) one per row."""
+    if several_runs or len(views) < 2:
+        return views
+    return [alt.hconcat(*views)]
 
 
 def report_chart(
@@ -93,8 +115,10 @@ def report_chart(
     sigma: float | None = None,
     scale: float = 1.0,
     points: int = REPORT_POINTS,
+    max_steps: int | None = None,
+    momentum: float | None = None,
 ) -> alt.VConcatChart:
-    """All report charts stacked, linked by one step slider (every step embedded).
+    """All report charts stacked, linked by one step slider over the densities.
 
     Parameters
     ----------
@@ -106,33 +130,53 @@ def report_chart(
         Multiplier of every step's paper width (ignored when ``sigma`` is given).
     points : int
         Most grid points per step's density.
+    max_steps : int, optional
+        Embed at most this many densities (evenly spread) in the density views, the
+        statistics and the slider; trajectories and the movement still use every record.
+        Default: every density.
+    momentum : float, optional
+        Heavy-ball β of the optimizer, for the sharpness chart's threshold (2+2β)/η
+        (default: the run's recorded ``momentum``, else 0).
 
     Returns
     -------
     altair.VConcatChart
-        Density, trajectories (top eigenvalues, gradient share, when stored), spectrum
-        statistics (when stored) and, for more than one step, the log-density heat map.
+        Density beside the gradient's spectral measure (when every run stores it);
+        trajectories (top eigenvalues, gradient share, when stored); sharpness against
+        2/η (more than one record) beside the movement (at least two densities in every
+        run); spectrum statistics (when stored); for more than one density, the
+        log-density heat map.
     """
-    slider = charts.step_slider(ds)
-    sm = Smoothing.of(ds, sigma, points, scale=scale)
-    rows = [charts.density_chart(ds, slider, smoothing=sm)]
+    dense = ds if max_steps is None else _thin(ds, max_steps)
+    several = bool(runs.run_names(ds)[1:])
+    slider = charts.step_slider(dense)
+    sm = Smoothing.of(dense, sigma, points, scale=scale)
+    at_step = [charts.density_chart(dense, slider, smoothing=sm)]
+    if all(frames.gradient_measure_steps(one).size for _, one in runs.each_run(dense)):
+        at_step.append(charts.gradient_measure_chart(dense, slider))
     trajectories = []
     if "top_eigenvalues" in ds:
         trajectories.append(charts.top_eigenvalues_chart(ds, slider))
     if "grad_fraction" in ds:
         trajectories.append(charts.gradient_chart(ds, slider))
-    if runs.run_names(ds)[1:]:
-        rows += trajectories  # each is already runs side by side
-    elif trajectories:
-        rows.append(alt.hconcat(*trajectories))
-    if frames.statistics_in(ds):
-        rows.append(charts.statistics_chart(ds, slider))
-    if ds.sizes.get("step", 1) > 1:
-        rows.append(charts.density_heatmap(ds, slider, smoothing=sm))
+    evolution = []
+    if "top_eigenvalues" in ds and ds.sizes.get("step", 1) > 1:
+        evolution.append(charts.sharpness_chart(ds, slider, momentum=momentum))
+    if all(one.sizes["step"] > 1 for _, one in runs.each_run(ds)):
+        evolution.append(charts.movement_chart(ds, slider))
+    rows = [
+        *_rows(at_step, several),
+        *_rows(trajectories, several),
+        *_rows(evolution, several),
+    ]
+    if frames.statistics_in(dense):
+        rows.append(charts.statistics_chart(dense, slider))
+    if _densities(dense).size > 1:
+        rows.append(charts.density_heatmap(dense, slider, smoothing=sm))
     return alt.vconcat(*rows).add_params(slider)
 
 
-def _header(ds: xr.Dataset, title: str, thinned_from: int | None) -> str:
+def _header(ds: xr.Dataset, title: str, shown: int, thinned_from: int | None) -> str:
     attrs = {k: ds.attrs[k] for k in PROVENANCE if k in ds.attrs}
     names = runs.run_names(ds)
     rows = "".join(
@@ -140,7 +184,8 @@ def _header(ds: xr.Dataset, title: str, thinned_from: int | None) -> str:
         for k, v in attrs.items()
     )
     note = (
-        f"<p>Showing {ds.sizes['step']} of {thinned_from} recorded steps (evenly spread).</p>"
+        f"<p>Showing {shown} of {thinned_from} recorded densities (evenly spread); the "
+        "trajectories show every record.</p>"
         if thinned_from
         else ""
     )
@@ -162,6 +207,7 @@ def write_report(
     points: int = REPORT_POINTS,
     max_steps: int = MAX_STEPS,
     title: str = "hessnb report",
+    momentum: float | None = None,
 ) -> Path:
     """Write the self-contained interactive HTML report of one or several runs.
 
@@ -176,9 +222,13 @@ def write_report(
     points : int
         Most grid points per step's density.
     max_steps : int
-        Embed at most this many steps (evenly spread) to bound the file size.
+        Embed at most this many densities (evenly spread) to bound the file size;
+        trajectories show every record.
     title : str
         Page heading.
+    momentum : float, optional
+        Heavy-ball β of the optimizer, for the sharpness chart's threshold (2+2β)/η
+        (default: the run's recorded ``momentum``, else 0).
 
     Returns
     -------
@@ -189,10 +239,10 @@ def write_report(
     if html_path.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"the report is HTML: give a path ending in .html, got {html_path}")
     ds = load_runs(sources)
-    before = ds.sizes.get("step", 1)
-    ds = _thin(ds, max_steps)
-    chart = report_chart(ds, sigma=sigma, points=points)
-    header = _header(ds, title, before if ds.sizes.get("step", 1) < before else None)
+    before = _densities(ds).size
+    shown = _densities(_thin(ds, max_steps)).size
+    chart = report_chart(ds, sigma=sigma, points=points, max_steps=max_steps, momentum=momentum)
+    header = _header(ds, title, shown, before if shown < before else None)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(to_html(chart, header=header), encoding="utf-8")
     return html_path

@@ -2,7 +2,9 @@
 
 A view takes a single spectrum (dims probe x node), a tracked run (step x probe x node)
 or several runs along ``run``; these helpers reduce any of them to one run with a
-``step`` dimension holding only the steps that recorded a spectrum.
+``step`` dimension. Density views keep only the steps that recorded a density (finite
+``nodes``); trajectories also keep the top-k records of ``Tracker(top_every=...)``,
+whose ``nodes`` are NaN but whose ``top_eigenvalues`` and gradient statistics are stored.
 """
 
 from __future__ import annotations
@@ -15,14 +17,22 @@ import xarray as xr
 from hessnb.schema import QUADRATURE, require
 
 __all__ = [
+    "RECORD_VARIABLES",
     "check_step",
+    "density_mask",
     "each_run",
     "open_path",
+    "record_mask",
     "run_names",
     "select_run",
     "step_ends",
     "steps_of",
 ]
+
+#: Variables whose finite values mark a step as recorded: ``nodes`` at full records,
+#: ``top_eigenvalues`` and ``has_density`` (0) also at top-k records. Steps that
+#: ``hessnb.combine_runs`` pads for a run that did not record them are NaN in all three.
+RECORD_VARIABLES = ("nodes", "top_eigenvalues", "has_density")
 
 
 def open_path(path: str | Path) -> xr.Dataset:
@@ -50,8 +60,40 @@ def _as_run(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def select_run(ds: xr.Dataset, run: str | None = None) -> xr.Dataset:
-    """One run of ``ds``, keeping only the steps at which it recorded a spectrum.
+def _finite_at_steps(ds: xr.Dataset, names: tuple[str, ...]) -> np.ndarray:
+    """Whether any of ``names`` (those in ``ds``) holds a finite value at each step."""
+    found = np.zeros(ds.sizes["step"], dtype=bool)
+    for name in names:
+        if name not in ds or "step" not in ds[name].dims:
+            continue
+        finite = np.isfinite(ds[name].transpose("step", ...).values)
+        if finite.size:  # (0, -1) is no shape numpy can infer
+            found |= finite.reshape(found.size, -1).any(axis=1)
+    return found
+
+
+def density_mask(ds: xr.Dataset) -> np.ndarray:
+    """Which steps hold a density (finite ``nodes`` in any run), shape (s,), bool.
+
+    Top-k records (``has_density`` 0) and steps padded by ``hessnb.combine_runs`` are
+    False. ``ds`` needs a ``step`` dimension.
+    """
+    return _finite_at_steps(ds, ("nodes",))
+
+
+def record_mask(ds: xr.Dataset) -> np.ndarray:
+    """Which steps hold a record of any kind (full or top-k, in any run), shape (s,), bool.
+
+    A step counts when any of :data:`RECORD_VARIABLES` is finite there. ``ds`` needs a
+    ``step`` dimension.
+    """
+    return _finite_at_steps(ds, RECORD_VARIABLES)
+
+
+def select_run(
+    ds: xr.Dataset, run: str | None = None, *, densities_only: bool = True
+) -> xr.Dataset:
+    """One run of ``ds``, keeping the steps at which it recorded a density (or anything).
 
     Parameters
     ----------
@@ -59,6 +101,10 @@ def select_run(ds: xr.Dataset, run: str | None = None) -> xr.Dataset:
         A run (dims step, probe, node, ...) or several along ``run``.
     run : str, optional
         Which run; required when ``ds`` holds several.
+    densities_only : bool
+        Keep only the steps holding a density (:func:`density_mask`), as density views
+        need; False also keeps the top-k records (:func:`record_mask`), as trajectories
+        of ``top_eigenvalues`` and the gradient statistics use.
 
     Returns
     -------
@@ -69,7 +115,8 @@ def select_run(ds: xr.Dataset, run: str | None = None) -> xr.Dataset:
     Raises
     ------
     ValueError
-        Unknown run, or a run without any recorded step.
+        Unknown run, or a run without any recorded step (or, with ``densities_only``,
+        without any density).
     """
     require(ds, QUADRATURE, "a spectrum view")
     names = run_names(ds)
@@ -85,16 +132,20 @@ def select_run(ds: xr.Dataset, run: str | None = None) -> xr.Dataset:
         ds = ds.isel(run=position, drop=True)
         label = str(run)
     ds = _as_run(ds)
-    if ds.sizes["step"]:
-        recorded = np.isfinite(ds["nodes"]).any([d for d in ds["nodes"].dims if d != "step"])
-        ds = ds.isel(step=np.flatnonzero(recorded.values))
-    if ds.sizes["step"] == 0:
+    records = record_mask(ds)
+    keep = density_mask(ds) if densities_only else records
+    if not keep.any():
         name = f"run {label!r}" if label is not None else "the run"
+        if records.any():
+            raise ValueError(
+                f"{name} holds {int(records.sum())} top-k records but no density yet; a "
+                "density view needs a full record (see Tracker's every=)"
+            )
         raise ValueError(
             f"{name} holds no recorded steps yet (it is empty); track at least one step "
             "before viewing it"
         )
-    return ds
+    return ds.isel(step=np.flatnonzero(keep))
 
 
 def steps_of(ds: xr.Dataset) -> np.ndarray:
@@ -156,20 +207,20 @@ def step_ends(steps: np.ndarray) -> np.ndarray:
     return np.append(steps[1:], steps[-1] + max(gap, 1))
 
 
-def each_run(ds: xr.Dataset) -> list[tuple[str | None, xr.Dataset]]:
+def each_run(ds: xr.Dataset, *, densities_only: bool = True) -> list[tuple[str | None, xr.Dataset]]:
     """``(name, run)`` for every run of ``ds`` (name None for a dataset without runs).
 
     Parameters
     ----------
     ds : xarray.Dataset
         A spectrum, a run, or several runs along ``run``.
+    densities_only : bool
+        As for :func:`select_run`.
 
     Returns
     -------
     list of (str or None, xarray.Dataset)
         Each run as :func:`select_run` returns it, in the order of ``run``.
     """
-    names = run_names(ds)
-    if not names:
-        return [(None, select_run(ds))]
-    return [(name, select_run(ds, name)) for name in names]
+    names = run_names(ds) or [None]
+    return [(name, select_run(ds, name, densities_only=densities_only)) for name in names]

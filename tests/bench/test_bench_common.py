@@ -131,6 +131,20 @@ def test_counting_operator_times_every_product_and_reuses_graphs() -> None:
     assert counted.attrs["model"] == "Sequential"  # provenance passes through
 
 
+def test_compare_backends_times_each_and_checks_against_double_backward() -> None:
+    batches = common.digits_batches(40, 16)
+    model = common.digits_cnn((2, 2, 3))
+    timings = common.compare_backends(
+        model, batches, ["forward-over-reverse", "double-backward"], block=3, repeats=1
+    )
+    assert [t.name for t in timings] == ["forward-over-reverse", "double-backward"]
+    forward, double = timings
+    assert double.agreement == 0.0 and 0 < forward.agreement < 1e-6
+    for t in timings:
+        assert t.block == 3 and min(t.one, t.wide, t.first) > 0
+        assert t.lockstep == pytest.approx(t.wide / (3 * t.one))
+
+
 # ----------------------------------------------------------------------------- model and data
 def test_digits_builders_and_fit() -> None:
     batches = common.digits_batches(40, 16)

@@ -43,8 +43,12 @@ def test_quick_benchmark_table_has_expected_rows() -> None:
         "HVP without graph cache / gradient",
         "SLQ 6 steps / 6 HVPs",
         "8 probes batched / 8 x 1 probe",
+        "hvp=double-backward: rel. difference from double-backward",
+        "hvp=forward-over-reverse: rel. difference from double-backward",
+        "hvp='auto' / fastest backend, block of 8",
         "hessnb W1 / spectral range",
         "hessnb lambda_max rel. error",
+        "hessnb SLQ 6 steps, after / before the libraries",
         "hessnb / fastest library SLQ time",
     ]
     for name in expected:
@@ -59,6 +63,10 @@ def test_quick_benchmark_table_has_expected_rows() -> None:
     by_name = {row.name: row for row in rows}
     assert by_name["hessnb lambda_max rel. error"].value < 1e-2
     assert "6 op.matmat calls" in by_name["SLQ 6 steps / 6 HVPs"].note
+    assert "hvp=double-backward" in by_name["8 probes batched / 8 x 1 probe"].note
+    forward = by_name["hvp=forward-over-reverse: rel. difference from double-backward"]
+    assert forward.status == "pass" and 0 < forward.value < 1e-6  # float32 rounding only
+    assert "block of 1: " in forward.note and ", of 8: " in forward.note
     table = common.format_table(rows)
     assert table.splitlines()[0].split()[:4] == ["row", "measured", "target", "status"]
     assert len(table.splitlines()) == len(rows) + 2
@@ -82,7 +90,13 @@ def test_speed_only_stops_after_the_speed_rows() -> None:
         "HVP without graph cache / gradient",
         "SLQ 3 steps / 3 HVPs",
         "2 probes batched / 2 x 1 probe",
+        "hvp=double-backward: rel. difference from double-backward",
+        "hvp=forward-over-reverse: rel. difference from double-backward",
+        "hvp='auto' / fastest backend, block of 2",
     ]
+    config.backends = ()
+    names = [row.name for row in cpu.run_benchmark(config, log=lambda _text: None)]
+    assert names[-1] == "2 probes batched / 2 x 1 probe"
 
 
 def test_main_quick_prints_table(
@@ -105,6 +119,29 @@ def test_main_quick_prints_table(
     assert config.slq.lanczos_steps == 7 and config.slq.probes == 8
     assert not config.accuracy and config.libraries and config.threads == 1
     assert config.widths == cpu.CpuConfig().widths
+    assert config.backends == ("double-backward", "forward-over-reverse", "compile")
+    assert cpu.main(["--backends", "compile", "double-backward"]) == 0
+    assert seen["config"].backends == ("compile", "double-backward")
+    assert cpu.main(["--backends"]) == 0
+    assert seen["config"].backends == ()
+    assert cpu.CpuConfig.quick().backends == ("double-backward", "forward-over-reverse")
+
+
+def test_backend_rows_check_agreement_and_compare_auto_with_the_fastest() -> None:
+    timings = [
+        common.BackendTiming("double-backward", 8, 1.0, 8.0, 2.0, 0.0),
+        common.BackendTiming("forward-over-reverse", 8, 2.0, 4.0, 5.0, 2e-6),
+    ]
+    rows = cpu.backend_rows(timings)
+    assert [row.status for row in rows] == ["pass", "miss", "info"]
+    assert "block of 1: 1000 ms, of 8: 8000 ms (1000 ms per vector" in rows[0].note
+    assert "8 / 8 x 1: 1.00" in rows[0].note and "8 / 8 x 1: 0.25" in rows[1].note
+    assert "0.50 x double-backward block of 1" in rows[1].note
+    auto = rows[2]
+    assert auto.value == 2.0  # double backward's block of 8 over forward-over-reverse's
+    assert "fastest: double-backward (block of 1), forward-over-reverse (block of 8)" in auto.note
+    assert cpu.backend_rows([]) == []
+    assert len(cpu.backend_rows(timings[1:])) == 1  # no row for auto when its backend is absent
 
 
 def test_cache_state_and_profile() -> None:

@@ -28,6 +28,8 @@ def test_defaults_are_the_settings_defaults() -> None:
 def test_options_map_onto_slq_settings() -> None:
     args = _parse("--lanczos-steps", "30", "--probes", "2", "--top-k", "5", "--seed", "7")
     assert options.slq_settings(args) == SLQSettings(lanczos_steps=30, probes=2, top_k=5, seed=7)
+    plain = options.slq_settings(_parse("--no-deflate"))
+    assert plain == SLQSettings(deflate=False)
 
 
 def test_invalid_settings_raise_value_error() -> None:

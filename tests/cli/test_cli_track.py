@@ -24,6 +24,7 @@ def test_track_then_report(tmp_path, capsys) -> None:
     assert list(ds.step.values) == [0, 2, 4]
     assert ds.attrs["run"] == "tiny" and ds.attrs["lanczos_steps"] == 6
     assert ds.attrs["top_k"] == 2 and ds.attrs["bn_mode"] == "train"
+    assert ds.attrs["deflate"] == 1  # deflated SLQ by default
     assert "3 steps recorded" in capsys.readouterr().out
     html = tmp_path / "report.html"
     assert cli.main(["report", str(run), "--html", str(html)]) == 0
@@ -43,6 +44,22 @@ def test_track_maps_slq_options_and_bn_mode(tmp_path) -> None:
     assert ds.attrs["bn_mode"] == "train"  # the default with --bn
     assert (ds.attrs["lanczos_steps"], ds.attrs["probes"], ds.attrs["top_k"]) == (4, 2, 1)
     assert ds.attrs["seed"] == 3
+
+
+def test_top_every_adds_top_k_records_and_no_deflate_is_plain_slq(tmp_path) -> None:
+    run = tmp_path / "top.nc"
+    code = _track(
+        run,
+        *("--train-steps", "4", "--every", "4", "--top-every", "1", "--lanczos-steps", "6"),
+        *("--top-k", "2", "--no-deflate"),
+    )
+    assert code == 0
+    ds = open_run(run)
+    assert list(ds.step.values) == [0, 1, 2, 3, 4]
+    assert ds.has_density.values.tolist() == [1, 0, 0, 0, 1]
+    assert ds.attrs["top_every"] == 1 and ds.attrs["deflate"] == 0
+    assert (ds.n_deflated.sel(step=[0, 4]) == 0).all()
+    assert ds.lr.values.tolist() == [0.05] * 5 and ds.momentum.values.tolist() == [0.9] * 5
 
 
 def test_steps_is_not_an_option_of_track(tmp_path, capsys) -> None:

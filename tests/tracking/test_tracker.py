@@ -66,6 +66,13 @@ def test_gradient_statistics_match_closed_form_on_a_quadratic(tmp_path):
         float(rec.grad_hg_cosine), g @ hg / np.linalg.norm(g) / np.linalg.norm(hg), rtol=1e-10
     )
     np.testing.assert_allclose(float(rec.grad_norm), np.linalg.norm(g), rtol=1e-12)
+    # the gradient's spectral measure: sum_i (u_i . g)^2 / |g|^2 delta(lambda_i), exactly
+    shares = (eigenvectors.T @ g) ** 2 / (g @ g)
+    np.testing.assert_allclose(np.sort(rec.grad_nodes.values), eigenvalues, rtol=1e-10)
+    order = np.argsort(rec.grad_nodes.values)
+    np.testing.assert_allclose(rec.grad_weights.values[order], shares, rtol=1e-8, atol=1e-13)
+    np.testing.assert_allclose(float(rec.grad_weights.sum()), 1.0, rtol=1e-12)
+    assert int(rec.hvps) == 24  # 12 Lanczos steps for the probe and 12 for the gradient
 
 
 def test_update_direction_statistics(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import altair as alt
 import numpy as np
 import pytest
 import xarray as xr
@@ -12,7 +13,7 @@ from viz_data import run_dataset, two_runs
 
 import hessnb
 from hessnb.linalg.statistics import STATISTICS
-from hessnb.viz import charts
+from hessnb.viz import charts, frames
 from hessnb.viz.export import save
 from hessnb.viz.runs import select_run
 from hessnb.viz.smoothing import Smoothing
@@ -348,3 +349,152 @@ def test_bad_step_sigma_points(run: xr.Dataset) -> None:
         charts.density_chart(run, x_scale="log")
     with pytest.raises(ValueError, match=r"k must lie in 1..3"):
         charts.top_eigenvalues_chart(run, k=4)
+
+
+# ---------------------------------------------------------------------- top-k records
+def round_trips(chart) -> dict:
+    """The chart's Vega-Lite spec, checked to survive JSON and altair's from_dict."""
+    spec = chart.to_dict()
+    assert json.loads(json.dumps(spec)) == spec
+    assert type(chart).from_dict(spec).to_dict() == spec
+    return spec
+
+
+def test_trajectories_draw_top_k_records_density_views_do_not(tracked: xr.Dataset) -> None:
+    top = table(
+        charts.top_eigenvalues_chart(tracked).to_dict(), "k", "eigenvalue", without="step_end"
+    )
+    assert sorted(set(top["step"])) == [0, 2, 4, 6]
+    wide = top.pivot(index="step", columns="k", values="eigenvalue")
+    np.testing.assert_array_equal(wide.to_numpy(), tracked.top_eigenvalues.values)
+    spec = charts.gradient_chart(tracked, 2).to_dict()  # a top-k step is a valid marker
+    fraction = table(spec, "variable", "value", without="step_end")
+    np.testing.assert_array_equal(fraction["value"], tracked.grad_fraction.values)
+    assert {"filter": "datum.step == 2"} in views_with(spec, "point")[0]["transform"]
+    assert set(table(charts.density_chart(tracked).to_dict(), "density")["step"]) == {6}
+    stats = table(charts.statistics_chart(tracked).to_dict(), "variable", "value")
+    assert sorted(set(stats["step"])) == [0, 6]
+    with pytest.raises(ValueError, match=r"step 2 was not recorded; recorded steps are 0, 6"):
+        charts.density_chart(tracked, 2)
+
+
+def test_sharpness_chart(tracked: xr.Dataset) -> None:
+    spec = round_trips(charts.sharpness_chart(tracked, 2))
+    upper, lower = spec["vconcat"]  # λ₁ above, grad_fraction beneath on the same x
+    assert spec["resolve"]["scale"]["x"] == "shared"
+    data = table(spec, "sharpness", "threshold")
+    assert data["step"].tolist() == [0, 2, 4, 6]
+    np.testing.assert_array_equal(data["sharpness"], tracked.top_eigenvalues.sel(k=1))
+    assert data["threshold"].tolist() == (2 / tracked.lr).values.tolist()  # 2/η per step
+    np.testing.assert_array_equal(data["grad_fraction"], tracked.grad_fraction)
+    assert data["full"].tolist() == [1, 0, 0, 1]
+    # full records filled, top-k records hollow
+    (points, *_) = [v for v in views_with(upper, "point") if "fill" in v["encoding"]]
+    fill = points["encoding"]["fill"]
+    assert fill["field"] == "record"
+    assert fill["scale"]["domain"] == [frames.FULL_RECORD, frames.TOP_K_RECORD]
+    assert fill["scale"]["range"][1] == "white"
+    lines = {v["encoding"]["y"]["field"]: v for v in views_with(upper, "line")}
+    assert lines["threshold"]["mark"]["interpolate"] == "step-after"
+    dash = lines["threshold"]["encoding"]["strokeDash"]["scale"]
+    assert dash["domain"] == [charts.SHARPNESS, "2/η (gradient descent)"]
+    (title,) = [t for t in titles(spec) if "subtitle" in t]
+    assert title["subtitle"] == ["dashed: the stability threshold 2/η (gradient descent)"]
+    assert [v["encoding"]["y"]["field"] for v in views_with(lower, "line")] == ["grad_fraction"]
+    markers = [v for v in views_with(spec, "point") if "fill" not in v["encoding"]]
+    assert all({"filter": "datum.step == 2"} in v["transform"] for v in markers)
+    heavy = charts.sharpness_chart(tracked, momentum=0.9).to_dict()
+    data = table(heavy, "sharpness", "threshold")
+    np.testing.assert_allclose(data["threshold"], 3.8 / tracked.lr.values, rtol=1e-15)
+    (title,) = [t for t in titles(heavy) if "subtitle" in t]
+    assert "(2+2β)/η, β = 0.9 (heavy-ball momentum)" in title["subtitle"][0]
+
+
+def test_sharpness_chart_without_lr_says_how_to_record_it(tracked: xr.Dataset) -> None:
+    spec = charts.sharpness_chart(tracked.drop_vars("lr")).to_dict()
+    assert "threshold" not in table(spec, "sharpness")
+    assert [v["encoding"]["y"]["field"] for v in views_with(spec, "line")] == [
+        "sharpness",
+        "grad_fraction",
+    ]
+    (title,) = [t for t in titles(spec) if "subtitle" in t]
+    assert title["subtitle"] == [charts.NO_LR_NOTE]
+    assert "pass lr= to tracker.record / tracker.maybe_record" in charts.NO_LR_NOTE
+    alone = charts.sharpness_chart(tracked.drop_vars(["lr", "grad_fraction"])).to_dict()
+    assert "vconcat" not in alone and "layer" in alone  # no panel beneath
+
+
+def test_sharpness_chart_on_old_files_and_several_runs(run: xr.Dataset, runs) -> None:
+    data = table(charts.sharpness_chart(run).to_dict(), "sharpness")
+    assert data["full"].all() and data["step"].tolist() == [0, 10, 20, 40]
+    np.testing.assert_array_equal(data["threshold"], 2 / run.lr.values)
+    slider = charts.step_slider(runs)
+    spec = charts.sharpness_chart(runs, slider).to_dict()
+    assert [p["name"] for p in spec["params"]] == ["at_step"]
+    upper, lower = spec["vconcat"]
+    assert len(upper["hconcat"]) == len(lower["hconcat"]) == 2
+    assert upper["resolve"]["scale"]["y"] == "shared"
+    names = [v["title"]["text"] for v in upper["hconcat"]]
+    assert names == ["sharpness over training · bn", "sharpness over training · no-bn"]
+
+
+def test_gradient_measure_chart(tracked: xr.Dataset) -> None:
+    spec = round_trips(charts.gradient_measure_chart(tracked))
+    data = table(spec, "cumulative")
+    assert set(data["step"]) == {6}  # the last full record
+    (curve,) = views_with(spec, "line")
+    assert curve["mark"]["interpolate"] == "step-after"
+    assert curve["encoding"]["x"]["field"] == "eigenvalue"
+    assert {"filter": "datum.step == 6"} in curve["transform"]
+    nodes = tracked.grad_nodes.values
+    lo, hi = np.nanmin(nodes), np.nanmax(nodes)
+    pad = charts.MEASURE_PADDING * (hi - lo)  # one x range: every step's nodes
+    assert curve["encoding"]["x"]["scale"]["domain"] == [lo - pad, hi + pad]
+    assert data["cumulative"].iloc[[0, -1]].tolist() == [0.0, data["cumulative"].iloc[-2]]
+    assert data["cumulative"].iloc[-1] == pytest.approx(1.0, abs=1e-12)
+    jumps = data.dropna(subset=["weight"])
+    np.testing.assert_array_equal(
+        np.sort(jumps["weight"]), np.sort(tracked.grad_weights.sel(step=6).values)
+    )
+    (points,) = views_with(spec, "point")
+    assert {"filter": "isValid(datum.weight)"} in points["transform"]
+    slider = charts.step_slider(tracked)
+    data = table(charts.gradient_measure_chart(tracked, slider).to_dict(), "cumulative")
+    assert data.groupby("step")["step_end"].first().to_dict() == {0: 6, 6: 12}
+
+
+def test_gradient_measure_chart_errors(tracked: xr.Dataset, run: xr.Dataset) -> None:
+    with pytest.raises(ValueError, match=r"gradient_measure_chart: the gradient's spectral"):
+        charts.gradient_measure_chart(run)  # an old run file: no grad_nodes
+    with pytest.raises(ValueError, match=r"is not stored in this run"):
+        charts.gradient_measure_chart(tracked.drop_vars("grad_weights"))
+    with pytest.raises(ValueError, match=r"only full records store .* step 2 was not recorded"):
+        charts.gradient_measure_chart(tracked, 2)
+
+
+def test_movement_chart(tracked: xr.Dataset, run: xr.Dataset, runs) -> None:
+    spec = round_trips(charts.movement_chart(tracked))
+    data = table(spec, "w1")
+    np.testing.assert_array_equal(data["w1"], tracked.hess.movement().values)
+    (line,) = views_with(spec, "line")
+    assert line["encoding"]["y"]["field"] == "w1"
+    assert {t["field"] for t in line["encoding"]["tooltip"]} >= {"per_step", "previous"}
+    data = table(charts.movement_chart(run, 20).to_dict(), "w1")
+    moved = run.hess.movement()
+    np.testing.assert_array_equal(data["w1"], moved.values)
+    np.testing.assert_array_equal(data["per_step"], moved["per_step"].values)
+    assert len(charts.movement_chart(runs).to_dict()["hconcat"]) == 2
+    with pytest.raises(ValueError, match=r"at least two recorded densities per run; the run"):
+        charts.movement_chart(tracked.isel(step=[0, 1, 2]))
+
+
+def test_new_charts_render_offline(tracked: xr.Dataset, tmp_path) -> None:
+    slider = charts.step_slider(tracked)
+    drawn = alt.vconcat(
+        charts.sharpness_chart(tracked, slider),
+        charts.gradient_measure_chart(tracked, slider),
+        charts.movement_chart(tracked, slider),
+    )
+    svg = save(drawn, tmp_path / "new.svg").read_text()
+    assert "<svg" in svg[:200] and "sharpness over training" in svg
+    assert "gradient&apos;s spectral measure" in svg or "gradient's spectral measure" in svg

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
-from vega_spec import table, views_with
+from vega_spec import layers, table, tables, titles, views_with
 from viz_data import run_dataset, two_runs
 
 import hessnb
@@ -162,7 +162,7 @@ def test_bad_input(run: xr.Dataset) -> None:
 def test_statistics_shown_below_when_stored(run: xr.Dataset) -> None:
     ex = Explorer(run, step=10)
     spec = drawn(ex)
-    assert len(spec["vconcat"]) == 2  # density and gradient, then the statistics
+    assert len(spec["vconcat"]) == 3  # density and gradient, sharpness, statistics
     stats = table(spec, "variable", "value", "shown")
     assert set(stats["variable"]) == {"outlier_gap", "n_outliers", "lambda_min", "negative_mass"}
     assert stats.loc[stats["shown"] == 1, "step"].unique().tolist() == [10]
@@ -170,7 +170,7 @@ def test_statistics_shown_below_when_stored(run: xr.Dataset) -> None:
     stats = table(drawn(ex), "variable", "value", "shown")
     assert stats.loc[stats["shown"] == 1, "step"].unique().tolist() == [40]
     older = Explorer(run.drop_vars(list(STATISTICS)))  # a run file from before
-    assert "vconcat" not in drawn(older) and "hconcat" in drawn(older)
+    assert len(drawn(older)["vconcat"]) == 2  # no statistics row
 
 
 def test_without_vl_convert_falls_back_to_the_cdn(run: xr.Dataset, monkeypatch) -> None:
@@ -189,3 +189,53 @@ def test_without_vl_convert_falls_back_to_the_cdn(run: xr.Dataset, monkeypatch) 
         warnings.simplefilter("error")  # warned once per process
         Explorer(run)
     offline.reset_warnings()
+
+
+# ---------------------------------------------------------------------- top-k records
+def test_runs_with_top_k_records(tracked: xr.Dataset) -> None:
+    ex = Explorer(tracked)
+    assert [s for _, s in ex.step_slider.options] == [0, 6]  # the densities
+    assert_shows(ex, tracked, 6, 1.0)
+    assert "2 recorded densities (0…6) and 2 top-k records" in ex.status.value
+    spec = drawn(ex)
+    sharpness = table(spec, "sharpness", "threshold")
+    assert sharpness["step"].tolist() == [0, 2, 4, 6]  # the trajectory has every record
+    assert sharpness["threshold"].tolist() == (2 / tracked.lr).values.tolist()
+    gradient = table(spec, "variable", "value", without="step_end")
+    assert gradient["step"].tolist() == [0, 2, 4, 6]
+    measure = table(spec, "cumulative")
+    assert set(measure["step"]) == {6}
+    assert "gradient's spectral measure" in [t["text"] for t in titles(spec)]
+    ex.step = 0  # the measure follows the slider
+    measure = table(drawn(ex), "cumulative")
+    assert set(measure["step"]) == {0}
+    weights = tracked.grad_weights.sel(step=0).values
+    np.testing.assert_array_equal(
+        np.sort(measure["weight"].dropna()), np.sort(weights[np.isfinite(weights)])
+    )
+    filters = {
+        t["filter"]
+        for v in layers(drawn(ex))
+        for t in v.get("transform", [])
+        if str(t.get("filter", "")).startswith("datum.step")
+    }
+    assert filters == {"datum.step == 0"}  # every view shows, or marks, the slider's step
+
+
+def test_old_files_show_no_gradient_measure(run: xr.Dataset) -> None:
+    spec = drawn(Explorer(run))  # no grad_nodes, no has_density
+    assert not [t for t in tables(spec) if "cumulative" in t]
+    assert table(spec, "sharpness")["full"].all()
+    single = drawn(Explorer(run.isel(step=[0])))  # one step: no sharpness over training
+    assert not [t for t in tables(single) if "sharpness" in t]
+
+
+def test_refresh_picks_up_top_k_records(tracked: xr.Dataset) -> None:
+    current = {"ds": tracked.isel(step=[0, 1])}  # a full record, then a top-k record
+    ex = Explorer(lambda: current["ds"])
+    assert [s for _, s in ex.step_slider.options] == [0] and ex.step == 0
+    assert table(drawn(ex), "sharpness")["step"].tolist() == [0, 2]
+    current["ds"] = tracked
+    ex.refresh()
+    assert [s for _, s in ex.step_slider.options] == [0, 6] and ex.step == 6
+    assert table(drawn(ex), "sharpness")["step"].tolist() == [0, 2, 4, 6]

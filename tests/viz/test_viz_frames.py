@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from viz_data import run_dataset
+from viz_data import LR_DROP_STEP, TRACKED_LR, run_dataset
 
 from hessnb.linalg.statistics import STATISTICS
-from hessnb.viz import frames
+from hessnb.viz import frames, runs
 from hessnb.viz.smoothing import Smoothing
 
 
@@ -95,3 +95,95 @@ def test_top_frame_and_lr_drops(run: xr.Dataset) -> None:
     assert frames.lr_drops(run.drop_vars("lr")).size == 0
     with pytest.raises(ValueError, match=r"a top-eigenvalue view needs top_eigenvalues"):
         frames.top_frame(run.drop_vars("top_eigenvalues"))
+
+
+# ---------------------------------------------------------------------- top-k records
+def test_sharpness_frame_reads_every_record_and_2_over_lr(tracked: xr.Dataset) -> None:
+    every = runs.select_run(tracked, densities_only=False)
+    table = frames.sharpness_frame(every)
+    assert table["step"].tolist() == [0, 2, 4, 6]
+    np.testing.assert_array_equal(table["sharpness"], tracked.top_eigenvalues.sel(k=1))
+    np.testing.assert_array_equal(table["residual"], tracked.top_residuals.sel(k=1))
+    np.testing.assert_array_equal(table["grad_fraction"], tracked.grad_fraction)
+    assert table["full"].tolist() == [True, False, False, True]
+    assert table["record"].tolist() == [
+        frames.FULL_RECORD,
+        frames.TOP_K_RECORD,
+        frames.TOP_K_RECORD,
+        frames.FULL_RECORD,
+    ]
+    lr = [TRACKED_LR[int(s >= LR_DROP_STEP)] for s in (0, 2, 4, 6)]
+    assert table["lr"].tolist() == lr
+    assert table["threshold"].tolist() == [2 / x for x in lr]  # exactly 2/η
+    heavy = frames.sharpness_frame(every, momentum=0.9)["threshold"]
+    np.testing.assert_allclose(heavy, [3.8 / x for x in lr], rtol=1e-15)
+    assert "threshold" not in frames.sharpness_frame(every.drop_vars("lr"))
+    old = frames.sharpness_frame(run_dataset(steps=(0, 10)))  # no has_density: all full
+    assert old["full"].all()
+
+
+@pytest.mark.parametrize(
+    ("momentum", "error"),
+    [(-0.1, ValueError), (1.0, ValueError), (float("nan"), ValueError), (True, TypeError)],
+)
+def test_bad_momentum(momentum, error) -> None:
+    with pytest.raises(error, match=r"momentum must"):
+        frames.stability_threshold(np.array([0.1]), momentum)
+
+
+def test_threshold_labels_name_the_optimizer() -> None:
+    assert frames.threshold_label() == "2/η (gradient descent)"
+    assert frames.threshold_label(0.9) == "(2+2β)/η, β = 0.9 (heavy-ball momentum)"
+
+
+def test_gradient_measure_frame_is_the_cumulative_measure(tracked: xr.Dataset) -> None:
+    densities = runs.select_run(tracked)
+    assert frames.gradient_measure_steps(densities).tolist() == [0, 6]
+    assert frames.gradient_measure_steps(tracked).tolist() == [0, 6]  # NaN at top-k records
+    table = frames.gradient_measure_frame(densities)
+    assert sorted(set(table["step"])) == [0, 6]
+    for step, rows in table.groupby("step"):
+        nodes = tracked.grad_nodes.sel(step=step).values
+        weights = tracked.grad_weights.sel(step=step).values
+        order = np.argsort(nodes, kind="stable")
+        np.testing.assert_array_equal(rows["eigenvalue"], nodes[order])
+        np.testing.assert_array_equal(rows["weight"], weights[order])  # the jumps
+        np.testing.assert_array_equal(rows["cumulative"], np.cumsum(weights[order]))
+        assert rows["cumulative"].iloc[-1] == pytest.approx(1.0, abs=1e-12)
+        np.testing.assert_allclose(np.diff(rows["cumulative"]), weights[order][1:], atol=1e-15)
+    padded = frames.gradient_measure_frame(densities, steps=[6], domain=(-5.0, 9.0))
+    assert padded["eigenvalue"].iloc[[0, -1]].tolist() == [-5.0, 9.0]
+    assert padded["cumulative"].iloc[0] == 0.0
+    assert padded["cumulative"].iloc[-1] == padded["cumulative"].iloc[-2]
+    assert padded["weight"].iloc[[0, -1]].isna().all()
+
+
+def test_gradient_measure_frame_errors(tracked: xr.Dataset) -> None:
+    old = run_dataset(steps=(0, 10))
+    assert frames.gradient_measure_steps(old).size == 0
+    with pytest.raises(ValueError, match=r"grad_nodes, grad_weights\) is not stored"):
+        frames.gradient_measure_frame(old)
+    with pytest.raises(ValueError, match=r"step 2 was not recorded; recorded steps are 0, 6"):
+        frames.gradient_measure_frame(tracked, steps=[2])  # a top-k record
+
+
+def test_movement_frame(tracked: xr.Dataset, run: xr.Dataset) -> None:
+    table = frames.movement_frame(runs.select_run(tracked))
+    moved = tracked.hess.movement()
+    assert table["step"].tolist() == [6] and table["previous"].tolist() == [0]
+    np.testing.assert_array_equal(table["w1"], moved.values)
+    np.testing.assert_array_equal(table["per_step"], moved["per_step"].values)
+    table = frames.movement_frame(run)
+    assert table["step"].tolist() == [10, 20, 40] and table["previous"].tolist() == [0, 10, 20]
+    np.testing.assert_allclose(table["per_step"], table["w1"] / [10, 10, 20], rtol=1e-15)
+
+
+def test_recorded_momentum_sets_the_default_threshold():
+    recorded_momentum = frames.recorded_momentum
+    steps = {"step": [0, 1, 2]}
+    assert recorded_momentum(xr.Dataset(coords=steps)) == 0.0
+    constant = xr.Dataset({"momentum": ("step", [0.9, 0.9, np.nan])}, coords=steps)
+    assert recorded_momentum(constant) == 0.9
+    varying = xr.Dataset({"momentum": ("step", [0.9, 0.5, 0.9])}, coords=steps)
+    with pytest.raises(ValueError, match="changes during the run"):
+        recorded_momentum(varying)

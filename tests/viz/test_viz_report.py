@@ -83,7 +83,13 @@ def test_load_runs_names_and_pads(files) -> None:
 def test_thinning_bounds_the_steps(tmp_path) -> None:
     run = run_dataset(steps=tuple(range(0, 50, 5)))
     path = report.write_report(run, tmp_path / "r.html", max_steps=4, points=40)
-    assert "Showing 4 of 10 recorded steps" in path.read_text()
+    assert "Showing 4 of 10 recorded densities" in path.read_text()
+    spec = report.report_chart(run, points=40, max_steps=4).to_dict()
+    assert sorted(set(table(spec, "density")["step"])) == [0, 15, 30, 45]
+    assert spec["params"][0]["bind"]["step"] == 15  # the slider moves over the densities
+    top = table(spec, "k", "eigenvalue", without="step_end")  # trajectories: every step
+    assert sorted(set(top["step"])) == list(range(0, 50, 5))
+    assert table(spec, "w1")["step"].tolist() == list(range(5, 50, 5))
 
 
 def test_report_bad_input(tmp_path) -> None:
@@ -98,3 +104,44 @@ def test_report_bad_input(tmp_path) -> None:
         report.write_report(xr.Dataset(), tmp_path / "r.html")
     with pytest.raises(ValueError, match=r"max_steps"):
         report.write_report(run, tmp_path / "r.html", max_steps=1)
+
+
+# ---------------------------------------------------------------------- new views
+def test_report_adds_sharpness_measure_and_movement(tracked: xr.Dataset) -> None:
+    spec = report.report_chart(tracked, points=200).to_dict()
+    assert [p["name"] for p in spec["params"]] == ["at_step"]
+    assert spec["params"][0]["bind"]["step"] == 6  # densities 0 and 6
+    assert sorted(set(table(spec, "density")["step"])) == [0, 6]
+    sharpness = table(spec, "sharpness", "threshold")
+    assert sharpness["step"].tolist() == [0, 2, 4, 6]  # top-k records too
+    assert sharpness["threshold"].tolist() == (2 / tracked.lr).values.tolist()
+    assert sorted(set(table(spec, "cumulative")["step"])) == [0, 6]
+    np.testing.assert_array_equal(table(spec, "w1")["w1"], tracked.hess.movement().values)
+    slider_filter = {"filter": "datum.step <= at_step && at_step < datum.step_end"}
+    (curve,) = [v for v in views_with(spec, "line") if v["encoding"]["y"]["field"] == "cumulative"]
+    assert slider_filter in curve["transform"]
+    heavy = report.report_chart(tracked, points=200, momentum=0.5).to_dict()
+    np.testing.assert_allclose(
+        table(heavy, "sharpness", "threshold")["threshold"], 3.0 / tracked.lr.values, rtol=1e-15
+    )
+
+
+def test_report_of_old_files_leaves_out_what_they_lack() -> None:
+    run = run_dataset(steps=(0, 10, 20, 40))  # no grad_nodes, no has_density
+    spec = report.report_chart(run).to_dict()
+    assert not [t for t in tables(spec) if "cumulative" in t]  # no gradient measure
+    assert table(spec, "sharpness")["full"].all()
+    assert table(spec, "w1")["step"].tolist() == [10, 20, 40]
+    single = report.report_chart(run.isel(step=[0])).to_dict()  # one step: nothing over time
+    assert not [t for t in tables(single) if {"w1"} & set(t) or {"sharpness"} & set(t)]
+
+
+def test_report_of_a_tracked_and_an_old_run(tracked: xr.Dataset) -> None:
+    old = run_dataset(steps=(0, 10, 20), name="old")
+    both = report.load_runs([tracked.assign_attrs(run="tracked"), old])
+    spec = report.report_chart(both, points=60).to_dict()
+    assert not [t for t in tables(spec) if "cumulative" in t]  # "old" has no measure
+    steps = [sorted(set(t["step"])) for t in tables(spec) if "sharpness" in t]
+    assert sorted(steps) == [[0, 2, 4, 6], [0, 10, 20]]
+    moved = sorted(t["step"].tolist() for t in tables(spec) if "w1" in t)
+    assert moved == [[6], [10, 20]]  # each run between its own densities

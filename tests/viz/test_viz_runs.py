@@ -56,3 +56,35 @@ def test_bad_input(run: xr.Dataset) -> None:
         runs.select_run(two_runs())
     with pytest.raises(ValueError, match=r"empty.*track at least one step"):
         runs.select_run(run.isel(step=[]))
+
+
+# ---------------------------------------------------------------------- top-k records
+def test_top_k_records_are_kept_only_on_request(tracked: xr.Dataset) -> None:
+    assert tracked["has_density"].values.tolist() == [1, 0, 0, 1]
+    assert runs.density_mask(tracked).tolist() == [True, False, False, True]
+    assert runs.record_mask(tracked).tolist() == [True] * 4
+    assert runs.steps_of(runs.select_run(tracked)).tolist() == [0, 6]
+    every = runs.select_run(tracked, densities_only=False)
+    assert runs.steps_of(every).tolist() == [0, 2, 4, 6]
+    ((name, one),) = runs.each_run(tracked, densities_only=False)
+    assert name is None and one.identical(every)
+
+
+def test_old_files_and_combined_runs(tracked: xr.Dataset) -> None:
+    old = run_dataset(steps=(0, 10, 20))  # no has_density: every step is a full record
+    assert "has_density" not in old
+    assert runs.record_mask(old).tolist() == runs.density_mask(old).tolist() == [True] * 3
+    tracked = tracked.assign_attrs(run="tracked")  # combine_runs turns differing attrs
+    old = old.assign_attrs(run="old")  # (the run name among them) into coordinates
+    both = hessnb.combine_runs({"tracked": tracked, "old": old})
+    steps = {n: runs.steps_of(r).tolist() for n, r in runs.each_run(both, densities_only=False)}
+    assert steps == {"tracked": [0, 2, 4, 6], "old": [0, 10, 20]}  # padding dropped
+    steps = {n: runs.steps_of(r).tolist() for n, r in runs.each_run(both)}
+    assert steps == {"tracked": [0, 6], "old": [0, 10, 20]}
+
+
+def test_a_run_of_top_k_records_only(tracked: xr.Dataset) -> None:
+    only_top_k = tracked.isel(step=[1, 2])
+    with pytest.raises(ValueError, match=r"holds 2 top-k records but no density yet"):
+        runs.select_run(only_top_k)
+    assert runs.steps_of(runs.select_run(only_top_k, densities_only=False)).tolist() == [2, 4]
