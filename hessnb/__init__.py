@@ -13,7 +13,13 @@ from typing import Any
 
 from hessnb import accessor as accessor  # registers the ds.hess accessor
 from hessnb.errors import HessnbError, NonDeterministicError, NonFiniteError, RunFileError
-from hessnb.hessian import HessianOperator
+from hessnb.hessian import (
+    EmpiricalFisherOperator,
+    GGNOperator,
+    HessianOperator,
+    PreconditionedOperator,
+    adam_preconditioner,
+)
 from hessnb.linalg import (
     LanczosResult,
     MatrixOperator,
@@ -47,17 +53,21 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "EmpiricalFisherOperator",
     "Explorer",
+    "GGNOperator",
     "HessianOperator",
     "HessnbError",
     "LanczosResult",
     "MatrixOperator",
     "NonDeterministicError",
     "NonFiniteError",
+    "PreconditionedOperator",
     "RunFileError",
     "SLQSettings",
     "Tracker",
     "__version__",
+    "adam_preconditioner",
     "combine_runs",
     "estimate",
     "explore",

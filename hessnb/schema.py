@@ -59,6 +59,8 @@ DIMENSIONS = {
     "node": "quadrature node (Lanczos step)",
     "k": "rank of a top eigenvalue (1 = largest)",
     "run": "one run of several combined by hessnb.combine_runs",
+    "curvature": "curvature matrix: hessian, ggn (Gauss-Newton) or fisher (empirical Fisher)",
+    "block": "diagonal block of the curvature: one layer or named group of parameters",
 }
 
 #: Every variable hessnb writes. User scalars (``tracker.record(step, lr=...)``) may use
@@ -107,9 +109,25 @@ QUADRATURE = ("nodes", "weights")
 RUN_FILE = ("nodes", "weights", "top_eigenvalues")
 
 #: Attributes that must agree between a run file and a tracker resuming it.
-SETTINGS = ("n_params", "lanczos_steps", "probes", "top_k", "seed", "deflate", "bn_mode")
+SETTINGS = (
+    "n_params",
+    "lanczos_steps",
+    "probes",
+    "top_k",
+    "seed",
+    "deflate",
+    "bn_mode",
+    "curvature",
+    "blocks",
+    "preconditioner",
+)
 #: Values implied for settings that files written before they existed lack.
-SETTINGS_IMPLIED = {"deflate": 0}
+SETTINGS_IMPLIED = {
+    "deflate": 0,
+    "curvature": "hessian",
+    "blocks": "none",
+    "preconditioner": "none",
+}
 
 #: Provenance attributes, in the order reports show them.
 PROVENANCE = (
@@ -126,6 +144,12 @@ PROVENANCE = (
     "n_examples",
     "hessian_batch_size",
     "dtype",
+    "curvature",
+    "blocks",
+    "preconditioner",
+    "preconditioner_optimizer",
+    "preconditioner_eps",
+    "preconditioner_bias_correction",
     "hvp",
     "precision",
     "data",

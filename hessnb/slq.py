@@ -10,7 +10,7 @@ densities are derived on demand by the ``ds.hess`` accessor.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,8 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from hessnb.hessian.params import ParameterSpace
+from hessnb.linalg.blocks import Blocks, block_diagonal, index_blocks
 from hessnb.linalg.bounds import posterior_bound
 from hessnb.linalg.deflation import DEFLATION_TOL, deflate_weights
 from hessnb.linalg.lanczos import LanczosResult, lanczos_block
@@ -33,7 +35,16 @@ from hessnb.schema import VARIABLES, variable_attrs
 from hessnb.settings import SLQSettings
 from hessnb.version import __version__
 
-__all__ = ["CONFIDENCE", "SpectrumEstimate", "estimate", "probe_vectors", "spectrum", "to_dataset"]
+__all__ = [
+    "CONFIDENCE",
+    "SpectrumEstimate",
+    "estimate",
+    "describe_blocks",
+    "estimate_blocks",
+    "probe_vectors",
+    "spectrum",
+    "to_dataset",
+]
 
 #: Confidence of the a-priori Wasserstein-1 bound stored as ``w1_bound``.
 CONFIDENCE = 0.95
@@ -108,11 +119,11 @@ def probe_vectors(dim: int, probes: int, seed: int) -> torch.Tensor:
 
 
 def _ritz(
-    result: LanczosResult, top_k: int, keep_vectors: bool
+    result: LanczosResult, top_k: int, keep_vectors: bool, column: int = 0
 ) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
-    """Top Ritz values, residual norms and (optionally) vectors of probe 0."""
-    m = int(result.lengths[0])
-    alpha, beta = result.tridiagonal(0)
+    """Top Ritz values, residual norms and (optionally) vectors of one Lanczos run."""
+    m = int(result.lengths[column])
+    alpha, beta = result.tridiagonal(column)
     theta, _, u = tridiagonal_to_quadrature(alpha.numpy(), beta.numpy())
     order = np.argsort(theta)[::-1][: min(top_k, m)]
     values = np.full(top_k, np.nan)
@@ -120,10 +131,10 @@ def _ritz(
     values[: order.size] = theta[order]
     # ||H y - theta y|| = |beta_m| |u_{m,j}| for the Ritz vector y = Q u (exact with full
     # re-orthogonalisation; beta_m is the norm of the last residual, zero at breakdown).
-    residuals[: order.size] = abs(float(result.beta[0, m - 1])) * np.abs(u[-1, order])
+    residuals[: order.size] = abs(float(result.beta[column, m - 1])) * np.abs(u[-1, order])
     if not keep_vectors or result.basis is None:
         return values, residuals, None
-    q = result.basis.vectors(0, m)  # (m, n) on the basis' device
+    q = result.basis.vectors(column, m)  # (m, n) on the basis' device
     coeff = torch.as_tensor(u[:, order].copy(), dtype=torch.float64, device=q.device)
     vectors = torch.full(
         (q.shape[1], top_k), float("nan"), dtype=torch.float64, device=result.basis.device
@@ -145,6 +156,72 @@ def _quadratures(
         nodes[row, :m], weights[row, :m] = theta, tau
         residuals[row, :m] = abs(float(result.beta[p, m - 1])) * np.abs(u[-1])
     return nodes, weights, residuals
+
+
+def _summarise(
+    result: LanczosResult,
+    columns: range,
+    dim: int,
+    settings: SLQSettings,
+    keep_vectors: bool,
+) -> SpectrumEstimate:
+    """The spectrum estimate of the Lanczos runs ``columns`` of a block run.
+
+    ``dim`` is the dimension of the space the runs' start vectors were drawn in (the
+    operator's, or one diagonal block's): it scales traces, deflated weights and bounds.
+    """
+    steps, probes = settings.lanczos_steps, len(columns)
+    nodes, weights, residuals = _quadratures(result, columns, steps)
+    alpha = result.alpha[columns.start : columns.stop].numpy()
+    beta = result.beta[columns.start : columns.stop].numpy()
+    lengths = result.lengths[columns.start : columns.stop].numpy()
+    taken = int(lengths.max())  # below steps when a block is smaller than lanczos_steps
+    bound = posterior_bound(alpha[:, :taken], beta[:, :taken], dim, CONFIDENCE, lengths=lengths)
+    n_deflated = np.zeros(probes, dtype=np.int64)
+    shift = 0.0  # W1 between the plain and the deflated quadrature
+    if settings.deflate:
+        plain = weights
+        weights, n_deflated = deflate_weights(nodes, weights, residuals, dim)
+        if n_deflated.any():
+            shift = wasserstein_distance((nodes, plain), (nodes, weights))
+    posterior = (bound.absolute + shift) / bound.ritz_range if bound.ritz_range > 0 else 0.0
+    values, top_residuals, vectors = _ritz(result, settings.top_k, keep_vectors, columns.start)
+    return SpectrumEstimate(
+        nodes=nodes,
+        weights=weights,
+        lengths=lengths,
+        n_deflated=n_deflated,
+        alpha=alpha,
+        beta=beta,
+        top_eigenvalues=values,
+        top_residuals=top_residuals,
+        n_params=dim,
+        w1_bound=wasserstein_bound(min(steps, dim), probes, dim, CONFIDENCE),
+        w1_posterior=posterior,
+        settings=settings,
+        top_vectors=vectors,
+    )
+
+
+def _run(
+    operator: Operator,
+    matmat: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    settings: SLQSettings,
+    placement: str,
+    on_step: Callable[[int], None] | None,
+) -> LanczosResult:
+    """Lanczos from every column of ``start`` in lockstep, with the operator fixed."""
+    with operator.reuse():
+        return lanczos_block(
+            matmat,
+            operator.dim,
+            settings.lanczos_steps,
+            start=start,
+            placement=placement,
+            device=operator.device,
+            callback=on_step,
+        )
 
 
 def estimate(
@@ -182,66 +259,116 @@ def estimate(
     settings = (settings or SLQSettings()).for_dimension(operator.dim)
     start = probe_vectors(operator.dim, settings.probes, settings.seed)
     if gradient is not None:
-        g = torch.as_tensor(gradient).detach().reshape(-1).to("cpu", torch.float64)
-        if g.numel() != operator.dim or not bool(torch.isfinite(g).all()) or not g.any():
-            raise ValueError(
-                f"gradient must be a finite, non-zero vector of {operator.dim} numbers (the "
-                f"operator's dimension), got {g.numel()} numbers"
-            )
+        g = _check_gradient(gradient, operator.dim)
+        if not g.any():
+            raise ValueError("gradient is zero; its spectral measure is undefined (pass None)")
         start = torch.cat([start, g[:, None]], dim=1)
-    with operator.reuse():  # the operator is fixed during one Lanczos run
-        result = lanczos_block(
-            operator.matmat,
-            operator.dim,
-            settings.lanczos_steps,
-            start=start,
-            placement=placement,
-            device=operator.device,
-            callback=on_step,
-        )
-    steps = settings.lanczos_steps
-    nodes, weights, residuals = _quadratures(result, range(settings.probes), steps)
-    alpha, beta = result.alpha[: settings.probes].numpy(), result.beta[: settings.probes].numpy()
-    lengths = result.lengths[: settings.probes].numpy()
-    bound = posterior_bound(alpha, beta, operator.dim, CONFIDENCE, lengths=lengths)
-    n_deflated = np.zeros(settings.probes, dtype=np.int64)
-    shift = 0.0  # W1 between the plain and the deflated quadrature
-    if settings.deflate:
-        plain = weights
-        weights, n_deflated = deflate_weights(nodes, weights, residuals, operator.dim)
-        if n_deflated.any():
-            shift = wasserstein_distance((nodes, plain), (nodes, weights))
-    posterior = (bound.absolute + shift) / bound.ritz_range if bound.ritz_range > 0 else 0.0
-    extra: dict[str, Any] = {}
-    if gradient is not None:
-        g_nodes, g_weights, _ = _quadratures(result, range(settings.probes, start.shape[1]), steps)
-        extra = {
-            "grad_nodes": g_nodes[0],
-            "grad_weights": g_weights[0],
-            "grad_alpha": float(result.alpha[-1, 0]),
-            "grad_beta": float(result.beta[-1, 0]),
-        }
+    result = _run(operator, operator.matmat, start, settings, placement, on_step)
     try:
-        values, residuals, vectors = _ritz(result, settings.top_k, keep_vectors)
+        est = _summarise(result, range(settings.probes), operator.dim, settings, keep_vectors)
     finally:
         if result.basis is not None:  # Ritz vectors are a new tensor: the basis can go
             result.basis.close()
-    return SpectrumEstimate(
-        nodes=nodes,
-        weights=weights,
-        lengths=lengths,
-        n_deflated=n_deflated,
-        alpha=alpha,
-        beta=beta,
-        top_eigenvalues=values,
-        top_residuals=residuals,
-        n_params=operator.dim,
-        w1_bound=wasserstein_bound(steps, settings.probes, operator.dim, CONFIDENCE),
-        w1_posterior=posterior,
-        settings=settings,
-        top_vectors=vectors,
-        **extra,
+    if gradient is not None:
+        _add_gradient_measure(est, result, settings.probes)
+    return est
+
+
+def _check_gradient(gradient: torch.Tensor, dim: int) -> torch.Tensor:
+    """``gradient`` as a flat float64 CPU tensor of ``dim`` finite numbers."""
+    g = torch.as_tensor(gradient).detach().reshape(-1).to("cpu", torch.float64)
+    if g.numel() != dim or not bool(torch.isfinite(g).all()):
+        raise ValueError(
+            f"gradient must be a finite vector of {dim} numbers (the operator's dimension), "
+            f"got {g.numel()} numbers"
+        )
+    return g
+
+
+def _add_gradient_measure(est: SpectrumEstimate, result: LanczosResult, column: int) -> None:
+    """Store the gradient's spectral measure, from Lanczos run ``column``, in ``est``."""
+    nodes, weights, _ = _quadratures(result, range(column, column + 1), est.nodes.shape[1])
+    est.grad_nodes, est.grad_weights = nodes[0], weights[0]
+    est.grad_alpha = float(result.alpha[column, 0])
+    est.grad_beta = float(result.beta[column, 0])
+
+
+def estimate_blocks(
+    op: Any,
+    blocks: Blocks,
+    settings: SLQSettings | None = None,
+    *,
+    placement: str = "device",
+    on_step: Callable[[int], None] | None = None,
+    keep_vectors: bool = False,
+    gradient: torch.Tensor | None = None,
+) -> list[SpectrumEstimate]:
+    """SLQ of every diagonal block ``A_bb`` of an operator, in one lockstep Lanczos run.
+
+    Each block gets ``settings.probes`` Gaussian probes supported on it (drawn with
+    ``settings.seed`` in the block's own dimension), and every Lanczos step multiplies
+    all ``blocks x probes`` vectors in one block product (:func:`hessnb.linalg.blocks.
+    block_diagonal`): for a Hessian, each batch's forward and first backward serve every
+    block. A block smaller than ``lanczos_steps`` stops at its dimension (exact).
+
+    Parameters
+    ----------
+    op : operator
+        Anything :func:`hessnb.linalg.as_operator` accepts.
+    blocks : Blocks
+        Disjoint coordinate blocks of the operator's space.
+    settings, placement, on_step, keep_vectors
+        As for :func:`estimate` (Ritz vectors are ``(n_params, top_k)``, zero outside
+        their block).
+    gradient : torch.Tensor, shape (n_params,), optional
+        Also the spectral measure of each block's part ``g_b`` of ``g`` in ``A_bb``, from
+        one more column per block in the same pass (blocks where ``g_b`` is zero get none).
+
+    Returns
+    -------
+    list of SpectrumEstimate
+        One per block, in the order of ``blocks.labels``; ``n_params`` is the block's size.
+    """
+    operator = as_operator(op)
+    settings = (settings or SLQSettings()).for_dimension(operator.dim)
+    if blocks.dim != operator.dim:
+        raise ValueError(
+            f"the blocks split a space of dimension {blocks.dim}, but the operator has "
+            f"dimension {operator.dim}; make the blocks from this operator"
+        )
+    start = torch.cat(
+        [
+            blocks.scatter(b, probe_vectors(size, settings.probes, settings.seed))
+            for b, size in enumerate(blocks.sizes)
+        ],
+        dim=1,
     )
+    # an operator with a restricted product (HessianOperator.block_matmat) differentiates
+    # only each block's parameters; the mask keeps exactly the block either way
+    restricted = getattr(op, "block_matmat", None)
+    matmat = block_diagonal(
+        restricted if callable(restricted) else operator.matmat, blocks, operator.device
+    )
+    columns: dict[int, int] = {}  # block -> its gradient column
+    if gradient is not None:
+        g = _check_gradient(gradient, operator.dim)
+        parts = [blocks.scatter(b, g[index, None]) for b, index in enumerate(blocks.indices)]
+        nonzero = [b for b, part in enumerate(parts) if part.any()]
+        columns = {b: start.shape[1] + i for i, b in enumerate(nonzero)}
+        start = torch.cat([start, *(parts[b] for b in columns)], dim=1)
+    result = _run(operator, matmat, start, settings, placement, on_step)
+    probes = settings.probes
+    try:
+        ests = [
+            _summarise(result, range(b * probes, (b + 1) * probes), size, settings, keep_vectors)
+            for b, size in enumerate(blocks.sizes)
+        ]
+    finally:
+        if result.basis is not None:
+            result.basis.close()
+    for b, column in columns.items():
+        _add_gradient_measure(ests[b], result, column)
+    return ests
 
 
 def to_dataset(est: SpectrumEstimate, attrs: dict[str, Any] | None = None) -> xr.Dataset:
@@ -293,6 +420,7 @@ def spectrum(
     *,
     deflate: bool = True,
     settings: SLQSettings | None = None,
+    blocks: str | Mapping[str, Any] | Blocks | None = None,
     placement: str = "device",
     progress: bool = True,
 ) -> xr.Dataset:
@@ -318,6 +446,13 @@ def spectrum(
         probe; with none converged the result is plain SLQ.
     settings : SLQSettings, optional
         All five settings at once (then the five keywords above must stay at defaults).
+    blocks : "layers", "parameters", mapping or Blocks, optional
+        Spectra of the diagonal blocks of the operator instead of the whole: for a
+        ``HessianOperator``, ``"layers"`` (one block per module), ``"parameters"`` or
+        ``{group: parameter or module names}`` (:meth:`hessnb.hessian.params.
+        ParameterSpace.blocks`); for any operator, ``{name: slice or coordinates}``. All
+        blocks run in one lockstep Lanczos (:func:`estimate_blocks`); the dataset gains a
+        ``block`` dimension named by the blocks, and ``n_params`` per block.
     placement : {"device", "cpu", "mmap", "auto"}
         Where the Krylov basis is stored.
     progress : bool
@@ -357,11 +492,71 @@ def spectrum(
         disable=not progress,
         leave=False,
     )
+    attrs = provenance(operator)
     try:
-        est = estimate(operator, settings, placement=placement, on_step=lambda _j: bar.update(1))
+        if blocks is None:
+            est = estimate(
+                operator, settings, placement=placement, on_step=lambda _j: bar.update(1)
+            )
+            return to_dataset(est, attrs)
+        chosen = resolve_blocks(op, blocks, operator.dim)
+        ests = estimate_blocks(
+            operator, chosen, settings, placement=placement, on_step=lambda _j: bar.update(1)
+        )
     finally:
         bar.close()
-    return to_dataset(est, provenance(operator))
+    return blocks_dataset(ests, chosen, {**attrs, "blocks": describe_blocks(blocks)})
+
+
+def resolve_blocks(op: Any, spec: str | Mapping[str, Any] | Blocks, dim: int) -> Blocks:
+    """:class:`Blocks` of ``op``'s space from a ``blocks=`` value of :func:`spectrum`.
+
+    Raises
+    ------
+    ValueError
+        For a named split (``"layers"``) of an operator without parameter names, or a
+        mapping that names no parameter; see :meth:`hessnb.hessian.params.ParameterSpace.
+        blocks` and :func:`hessnb.linalg.blocks.index_blocks`.
+    """
+    if isinstance(spec, Blocks):
+        return spec
+    space = getattr(op, "space", None)
+    names_given = isinstance(spec, str) or (
+        isinstance(spec, Mapping)
+        and all(isinstance(v, str) or _all_strings(v) for v in spec.values())
+    )
+    if names_given:
+        if not isinstance(space, ParameterSpace):
+            raise ValueError(
+                f"blocks={spec!r} names parameters, but {type(op).__name__} has no parameter "
+                "names; pass a HessianOperator, or blocks as {name: slice or coordinates}"
+            )
+        return space.blocks(spec)
+    if isinstance(spec, Mapping):
+        return index_blocks(spec, dim)
+    raise TypeError(
+        f"blocks must be 'layers', 'parameters', a mapping or Blocks, got {type(spec).__name__}"
+    )
+
+
+def _all_strings(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+def describe_blocks(spec: Any) -> str:
+    """The ``blocks`` attribute of a dataset: the split's name, or ``"custom"``."""
+    return spec if isinstance(spec, str) else "custom"
+
+
+def blocks_dataset(
+    ests: list[SpectrumEstimate], blocks: Blocks, attrs: dict[str, Any]
+) -> xr.Dataset:
+    """One dataset of per-block spectra along a ``block`` dimension (see :func:`spectrum`)."""
+    parts = [to_dataset(est) for est in ests]
+    ds = xr.concat(parts, dim="block", data_vars="all", combine_attrs="override")
+    ds = ds.assign_coords(block=("block", list(blocks.labels)))
+    ds.attrs.update(attrs, n_params=int(blocks.dim))
+    return ds
 
 
 def provenance(operator: Operator) -> dict[str, Any]:

@@ -27,7 +27,8 @@ def _check_against_schema(ds: xr.Dataset, leading: tuple[str, ...] = ()) -> None
 def test_spectrum_writes_exactly_the_declared_variables():
     ds = hessnb.spectrum(np.diag(np.arange(1.0, 21.0)), lanczos_steps=8, top_k=3, progress=False)
     _check_against_schema(ds)
-    assert set(SETTINGS) - {"bn_mode"} <= set(ds.attrs)
+    # operator and tracker settings: a matrix has no BN mode, curvature or preconditioner
+    assert set(SETTINGS) - {"bn_mode", "curvature", "blocks", "preconditioner"} <= set(ds.attrs)
 
 
 def _tracker(model, batches, path):

@@ -222,3 +222,22 @@ def test_posterior_bound_holds_and_is_within_20x_of_the_measured_w1(outliers):
         if not deflate:  # tight for plain SLQ; with deflation it bounds plain + the shift
             assert np.mean(bounds) <= 20 * np.mean(measured)
         assert ds.w1_posterior.attrs["confidence"] == 0.95
+
+
+def test_every_layer_spectrum_matches_its_dense_diagonal_block(digits_exact):
+    op, dense, _ = digits_exact
+    ds = hessnb.spectrum(op, lanczos_steps=90, top_k=3, blocks="layers", progress=False)
+    blocks = op.space.blocks("layers")
+    assert ds.block.values.tolist() == list(blocks.labels) and ds.attrs["blocks"] == "layers"
+    assert ds.n_params.values.tolist() == blocks.sizes and ds.attrs["n_params"] == op.n_params
+    for label, index in zip(blocks.labels, blocks.indices, strict=True):
+        exact = np.linalg.eigvalsh(dense[index][:, index].numpy())
+        block = ds.sel(block=label)
+        np.testing.assert_allclose(block.top_eigenvalues, exact[::-1][:3], rtol=1e-6)
+        assert _slq_wasserstein(block, exact) <= W1_THRESHOLD
+    assert ds.hess.density().sizes["block"] == len(blocks.labels)
+
+
+def test_blocks_by_name_need_parameter_names(outlier_matrix):
+    with pytest.raises(ValueError, match="has no parameter names"):
+        hessnb.spectrum(outlier_matrix, lanczos_steps=5, top_k=1, blocks="layers", progress=False)

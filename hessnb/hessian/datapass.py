@@ -20,8 +20,9 @@ from torch import nn
 
 from hessnb.errors import NonDeterministicError, NonFiniteError
 from hessnb.hessian.batches import batch_size, correct_count, prepare
+from hessnb.hessian.curvature import make_functional, product_backends
 from hessnb.hessian.graphcache import BatchGraph, GraphCache
-from hessnb.hessian.hvp import HVP_BACKENDS, FunctionalHVP
+from hessnb.hessian.hvp import FunctionalHVP
 from hessnb.hessian.params import ParameterSpace, state_key
 
 __all__ = ["BN_MODES", "DataPass", "PassTotals"]
@@ -114,9 +115,15 @@ class DataPass:
     cache : GraphCache, optional
         Keeps each batch's forward and first-backward graph inside ``caching`` blocks
         (used by the double-backward backend only).
-    hvp : {"double-backward", "forward-over-reverse", "compile"}
-        How each batch's Hessian-vector products are computed (:mod:`hessnb.hessian.hvp`;
-        ``"auto"`` is resolved by the caller).
+    hvp : {"double-backward", "forward-over-reverse", "compile", "jvp-vjp"}, optional
+        How each batch's products are computed: a Hessian backend of
+        :mod:`hessnb.hessian.hvp` (``"auto"`` is resolved by the caller), or ``"jvp-vjp"``
+        for the other curvatures (:func:`~hessnb.hessian.curvature.product_backends`).
+        Default: the first of those, ``"double-backward"`` for the Hessian.
+    curvature : {"hessian", "ggn", "fisher"}
+        The matrix the products are with (:mod:`hessnb.hessian.curvature`): the Hessian,
+        the generalised Gauss-Newton matrix or the empirical Fisher. Losses, gradients,
+        weighting, batch-norm semantics and the determinism check are the same for all.
     """
 
     def __init__(
@@ -130,20 +137,20 @@ class DataPass:
         transfer: bool = False,
         reduce: Reduce | None = None,
         cache: GraphCache | None = None,
-        hvp: str = "double-backward",
+        hvp: str | None = None,
+        curvature: str = "hessian",
     ) -> None:
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
-        if hvp not in HVP_BACKENDS:
-            raise ValueError(f"hvp must be one of {HVP_BACKENDS}, got {hvp!r}")
+        backends = product_backends(curvature)
+        hvp = backends[0] if hvp is None else hvp
+        if hvp not in backends:
+            raise ValueError(f"hvp must be one of {backends} for {curvature!r}, got {hvp!r}")
         self.space, self.loss_fn, self.batches = space, loss_fn, batches
         self.bn_mode, self.check_determinism, self.transfer = bn_mode, check_determinism, transfer
-        self.reduce, self.cache, self.hvp = reduce, cache, hvp
-        self.functional = (
-            None
-            if hvp == "double-backward"
-            else FunctionalHVP(space, loss_fn, compiled=hvp == "compile")
-        )
+        self.reduce, self.cache, self.hvp, self.curvature = reduce, cache, hvp, curvature
+        self.functional = make_functional(space, loss_fn, curvature, hvp)
+        self.loss_checked = False  # the functional's check of the loss passed on a batch
         self.caching = False  # set by the operator's reuse_graphs()
         self.batch_statistics = bn_mode == "train" and any(
             isinstance(m, BN_TYPES) for m in space.model.modules()
@@ -183,7 +190,20 @@ class DataPass:
 
     def _loss(self, inputs: Any, targets: Any, index: int) -> tuple[torch.Tensor, Any]:
         outputs = self.space.model(inputs)
-        return self._checked(self.loss_fn(outputs, targets), index), outputs
+        loss = self._checked(self.loss_fn(outputs, targets), index)
+        self._check_curvature(outputs, targets, loss)
+        return loss, outputs
+
+    def _check_curvature(self, outputs: Any, targets: Any, loss: torch.Tensor) -> None:
+        """On the first batch, let the product function refuse an unsuitable loss.
+
+        E.g. a GGN of a loss without curvature in the outputs, or an empirical Fisher of a
+        loss that is not a mean of per-example terms (:mod:`hessnb.hessian.curvature`).
+        """
+        if self.functional is None or self.loss_checked:
+            return
+        self.functional.check(outputs, targets, loss)
+        self.loss_checked = True
 
     @staticmethod
     def _checked(loss: Any, index: int) -> torch.Tensor:
@@ -285,6 +305,7 @@ class DataPass:
         """One batch's loss, gradient and ``H V`` (block ``(k, *shape)`` per parameter)."""
         result = functional(*batch, block)
         loss = self._checked(result.loss, index)
+        self._check_curvature(result.outputs, batch[1], loss)
         return BatchGraph(
             size,
             float(loss),
@@ -313,30 +334,59 @@ class DataPass:
         return grads, [j for j, g in enumerate(grads) if g.requires_grad]
 
     def _accumulate(
-        self, totals: PassTotals, entries: Iterable[BatchGraph], tangents: list[list[torch.Tensor]]
+        self,
+        totals: PassTotals,
+        entries: Iterable[BatchGraph],
+        tangents: list[list[torch.Tensor]],
+        supports: list[list[int]] | None,
     ) -> None:
         space, k = self.space, len(tangents)
+        mask = None if supports is None else self._support_mask(supports)
         for entry in entries:
             totals.add(entry)
             if totals.gradient is not None:
                 totals.gradient += entry.size * space.flatten([g.detach() for g in entry.grads])
             if entry.products is not None:  # computed with the pass (functional backends)
-                totals.products += entry.size * entry.products
+                products = entry.products if mask is None else entry.products * mask
+                totals.products += entry.size * products
                 continue
             for i, tangent in enumerate(tangents):
-                if not entry.live:  # gradient constant in the parameters: H = 0
+                inside = range(len(space.params)) if supports is None else supports[i]
+                live = [j for j in entry.live if j in inside]
+                if not live:  # gradient constant in these parameters: H = 0
                     continue
                 hv = torch.autograd.grad(
-                    [entry.grads[j] for j in entry.live],
-                    space.params,
-                    grad_outputs=[tangent[j] for j in entry.live],
+                    [entry.grads[j] for j in live],
+                    [space.params[j] for j in inside],
+                    grad_outputs=[tangent[j] for j in live],
                     retain_graph=i < k - 1 or entry.kept,
                     allow_unused=True,
                     materialize_grads=True,
                 )
+                if supports is not None:  # zero rows outside the column's parameters
+                    placed = [torch.zeros_like(p) for p in space.params]
+                    for j, h in zip(inside, hv, strict=True):
+                        placed[j] = h
+                    hv = placed
                 totals.products[:, i] += entry.size * space.flatten(hv)
 
-    def run(self, vectors: torch.Tensor | None = None, need_gradient: bool = False) -> PassTotals:
+    def _support_mask(self, supports: list[list[int]]) -> torch.Tensor:
+        """``(n_params, k)`` float64: 1 on the coordinates of each column's parameters."""
+        space = self.space
+        mask = torch.zeros(space.n_params, len(supports), dtype=torch.float64, device=space.device)
+        for i, support in enumerate(supports):
+            pieces = space.unflatten(mask[:, i].clone())
+            for j in support:
+                pieces[j].fill_(1.0)
+            mask[:, i] = space.flatten(pieces)
+        return mask
+
+    def run(
+        self,
+        vectors: torch.Tensor | None = None,
+        need_gradient: bool = False,
+        diagonal: bool = False,
+    ) -> PassTotals:
         """One pass (over the data, or over cached graphs); returns per-example means.
 
         Parameters
@@ -345,6 +395,10 @@ class DataPass:
             Directions for Hessian-vector products, in the model's dtype.
         need_gradient : bool
             Also sum the gradient.
+        diagonal : bool
+            Products with the diagonal block of the parameters each column touches:
+            ``P_S H P_S v`` with ``S`` the parameters where ``v`` is non-zero. The double
+            backward then differentiates only those parameters (cheaper than ``H v``).
         """
         space = self.space
         space.sync()
@@ -354,12 +408,14 @@ class DataPass:
             gradient=zeros(n, dtype=torch.float64, device=space.device) if need_gradient else None,
             products=zeros(n, k, dtype=torch.float64, device=space.device) if k else None,
         )
-        # per-column tangents for the double backward (functional backends take the block)
-        tangents = (
-            [space.unflatten(vectors[:, i]) for i in range(k)]
-            if k and self.functional is None
-            else []
+        columns = [space.unflatten(vectors[:, i]) for i in range(k)]
+        supports = (
+            [[j for j, t in enumerate(column) if bool(t.any())] for column in columns]
+            if diagonal
+            else None
         )
+        # per-column tangents for the double backward (functional backends take the block)
+        tangents = columns if self.functional is None else []
         cached = (
             self.caching and self.cache is not None and self.cache.valid(state_key(space.state))
         )
@@ -371,7 +427,7 @@ class DataPass:
                     if cached
                     else self._graphs(need_gradient or k > 0, vectors if k else None)
                 )
-                self._accumulate(totals, entries, tangents)
+                self._accumulate(totals, entries, tangents, supports)
         except Exception as exc:  # distributed: tell the other ranks instead of hanging
             if self.reduce is None:
                 raise

@@ -39,6 +39,7 @@ __all__ = [
     "AUTO_BACKEND",
     "HVP_BACKENDS",
     "HVP_CHOICES",
+    "BatchFunction",
     "BatchProducts",
     "CompileUnavailableError",
     "FunctionalHVP",
@@ -195,6 +196,13 @@ def own_code(function: Callable[..., Any]) -> Callable[..., Any]:
     )
 
 
+#: A per-batch product function with the signature and results of :func:`batch_products`.
+BatchFunction = Callable[
+    [nn.Module, LossFn, dict[str, torch.Tensor], dict[str, torch.Tensor], tuple[Any, Any]],
+    tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], tuple[torch.Tensor, Any]],
+]
+
+
 class FunctionalHVP:
     """Per-batch loss, gradient and HVPs by forward-over-reverse (:func:`batch_products`).
 
@@ -208,13 +216,36 @@ class FunctionalHVP:
         Run :func:`batch_products` under ``torch.compile`` (compiled on first use, again
         for new batch shapes, block widths or module modes), over every parameter of the
         model (see :meth:`__call__`).
+    function : callable, optional
+        The per-batch product function (default :func:`batch_products`, the Hessian); the
+        other curvatures of :mod:`hessnb.hessian.curvature` pass theirs.
     """
 
-    def __init__(self, space: ParameterSpace, loss_fn: LossFn, compiled: bool = False) -> None:
+    def __init__(
+        self,
+        space: ParameterSpace,
+        loss_fn: LossFn,
+        compiled: bool = False,
+        function: BatchFunction = batch_products,
+    ) -> None:
         self.space, self.loss_fn, self.compiled = space, loss_fn, compiled
-        self.function = (
-            torch.compile(own_code(batch_products), dynamic=False) if compiled else batch_products
-        )
+        self.function = torch.compile(own_code(function), dynamic=False) if compiled else function
+
+    def check(self, outputs: Any, targets: Any, loss: torch.Tensor) -> None:
+        """Refuse a loss whose products would be meaningless (called on the first batch).
+
+        The Hessian exists for every twice-differentiable loss, so nothing is refused here;
+        the other curvatures override this.
+
+        Parameters
+        ----------
+        outputs
+            The model's outputs for the first batch.
+        targets
+            That batch's targets.
+        loss : torch.Tensor, shape ()
+            ``loss_fn(outputs, targets)``.
+        """
 
     def __call__(self, inputs: Any, targets: Any, block: Sequence[torch.Tensor]) -> BatchProducts:
         """Loss, outputs, gradient and ``H V`` of one batch for ``block``.

@@ -5,6 +5,10 @@ every batch (:class:`~hessnb.hessian.datapass.DataPass`), summing per-batch
 Hessian-vector products weighted by batch size (so an uneven last batch is exact) in
 float64. One operator serves a whole training run: its determinism check and graph cache
 are keyed to the parameter state.
+
+:class:`GGNOperator` (the generalised Gauss-Newton matrix) and
+:class:`EmpiricalFisherOperator` are the same operator over another curvature
+(:mod:`hessnb.hessian.curvature`): only the per-batch products differ.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ import torch
 from torch import nn
 
 from hessnb import distributed
+from hessnb.hessian.curvature import resolve_products
 from hessnb.hessian.datapass import BN_MODES, BN_TYPES, DataPass
 from hessnb.hessian.graphcache import GraphCache, default_budget
-from hessnb.hessian.hvp import resolve_hvp
 from hessnb.hessian.params import ParameterSpace, ParamSpec, state_key
 
-__all__ = ["DENSE_LIMIT", "HessianOperator"]
+__all__ = ["DENSE_LIMIT", "OPERATORS", "EmpiricalFisherOperator", "GGNOperator", "HessianOperator"]
 
 #: Largest parameter count for which :meth:`HessianOperator.dense` forms the matrix.
 DENSE_LIMIT = 20_000
@@ -86,8 +90,12 @@ class HessianOperator:
         ``torch.compile``; :class:`~hessnb.hessian.hvp.CompileUnavailableError` where it
         cannot run) or ``"auto"`` (default: the measured choice for the device,
         :data:`hessnb.hessian.hvp.AUTO_BACKEND`). All give the same products to rounding;
-        the choice is recorded as ``provenance()["hvp"]``.
+        the choice is recorded as ``provenance()["hvp"]``. :class:`GGNOperator` and
+        :class:`EmpiricalFisherOperator` accept only ``"auto"``.
     """
+
+    #: The matrix this operator multiplies by (:data:`hessnb.hessian.curvature.CURVATURES`).
+    curvature: str = "hessian"
 
     def __init__(
         self,
@@ -116,7 +124,7 @@ class HessianOperator:
                 "(a list of (inputs, targets) or a DataLoader)"
             )
         self.space = ParameterSpace(model, params, dtype)
-        backend = resolve_hvp(hvp, self.space.device)
+        backend = resolve_products(self.curvature, hvp, self.space.device)
         cache = _make_cache(graph_cache, batches, self.space.device)
         self.loss_fn, self.batches = loss_fn, batches
         self._pass = DataPass(
@@ -129,6 +137,7 @@ class HessianOperator:
             reduce=_reducer(distributed),  # before the first pass, so n_examples is global
             cache=cache if backend == "double-backward" else None,
             hvp=backend,
+            curvature=self.curvature,
         )
         self._reuse_depth = 0  # > 0 inside reuse_graphs()
         first = self._pass.run()  # validates batches, loss and devices
@@ -169,7 +178,10 @@ class HessianOperator:
 
     @property
     def hvp(self) -> str:
-        """The HVP backend in use (``"auto"`` resolved), e.g. ``"double-backward"``."""
+        """The product backend in use (``"auto"`` resolved), e.g. ``"double-backward"``.
+
+        ``"jvp-vjp"`` for the GGN and the empirical Fisher.
+        """
         return self._pass.hvp
 
     @property
@@ -189,7 +201,7 @@ class HessianOperator:
 
     def __repr__(self) -> str:
         return (
-            f"HessianOperator({type(self.model).__name__}, n_params={self.n_params}, "
+            f"{type(self).__name__}({type(self.model).__name__}, n_params={self.n_params}, "
             f"n_examples={getattr(self, 'n_examples', '?')}, bn_mode={self.bn_mode!r}, "
             f"dtype={self.dtype}, hvp={self.hvp!r})"
         )
@@ -203,6 +215,7 @@ class HessianOperator:
             "has_batchnorm": int(self.has_batchnorm),
             "n_examples": self.n_examples,
             "dtype": str(self.dtype).replace("torch.", ""),
+            "curvature": self.curvature,
             "hvp": self.hvp,
             "hessian_batch_size": sizes[0] if len(set(sizes)) == 1 else sizes,
         }
@@ -229,7 +242,11 @@ class HessianOperator:
 
     # ------------------------------------------------------------------ numerics
     def matvec(self, v: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """``H v`` for a flat vector ``v`` of shape ``(n_params,)``; float64 result."""
+        """``H v`` for a flat vector ``v`` of shape ``(n_params,)``; float64 result.
+
+        ``H`` is the operator's matrix (:attr:`curvature`): the Hessian, or the GGN or
+        empirical Fisher in the subclasses; likewise in :meth:`matmat` and :meth:`dense`.
+        """
         return self._pass.run(vectors=self._as_block(v, ndim=1)).products[:, 0]
 
     def matmat(self, vectors: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -238,6 +255,17 @@ class HessianOperator:
         The forward pass and first backward of each batch are shared by all ``k`` vectors.
         """
         return self._pass.run(vectors=self._as_block(vectors, ndim=2)).products
+
+    def block_matmat(self, vectors: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``P_S H P_S V``: each column times the diagonal block of the parameters it touches.
+
+        ``S`` is, per column, the set of parameters where the column is non-zero. For a
+        column supported on one layer's parameters this is that layer's diagonal block of
+        the Hessian (what :func:`hessnb.spectrum` with ``blocks=`` needs), and the double
+        backward differentiates only those parameters. One pass over the data for all
+        columns, shape ``(n_params, k)`` float64.
+        """
+        return self._pass.run(vectors=self._as_block(vectors, ndim=2), diagonal=True).products
 
     def __matmul__(self, vectors: torch.Tensor | np.ndarray) -> torch.Tensor:
         return self.matmat(vectors) if np.ndim(vectors) == 2 else self.matvec(vectors)
@@ -261,7 +289,7 @@ class HessianOperator:
         return out
 
     def dense(self, chunk: int = 64) -> torch.Tensor:
-        """The exact Hessian ``(n_params, n_params)`` in float64, by columns.
+        """The exact matrix ``(n_params, n_params)`` in float64, by columns.
 
         Costs ``n_params / chunk`` passes over the data; refused above 20,000 parameters.
         """
@@ -318,6 +346,75 @@ class HessianOperator:
                 f"expected a vector of shape {want} for this operator, got {tuple(t.shape)}"
             )
         return t.to(device=self.device, dtype=self.dtype).reshape(self.n_params, -1)
+
+
+class GGNOperator(HessianOperator):
+    """Generalised Gauss-Newton matrix of the mean loss over a whole dataset.
+
+    ``G = (1/N) sum_b B_b J_b^T H_b J_b``, over batches ``b`` of ``B_b`` examples, with
+    ``J_b`` the Jacobian of the batch's outputs (all of them, ``(B_b * outputs, n_params)``)
+    in the selected parameters and ``H_b`` the Hessian of the batch-mean loss in those
+    outputs. Without batch norm in train mode this is ``(1/N) sum_i J_i^T H_i J_i`` per
+    example. It is the Hessian without the network's second-order terms, and positive
+    semi-definite for losses convex in the outputs (cross-entropy, MSE); for a network
+    linear in its parameters it equals the Hessian.
+
+    Products use only ``jvp`` and ``vjp`` of the network
+    (:func:`hessnb.hessian.curvature.ggn_products`): ``hvp`` reports ``"jvp-vjp"``, there
+    is no graph cache, and :meth:`reuse_graphs` changes nothing.
+
+    Parameters
+    ----------
+    model, loss_fn, batches, params, bn_mode, dtype, check_determinism, transfer, distributed
+        As for :class:`HessianOperator` (the same batch-size weighting, batch-norm semantics
+        and determinism check). ``loss_fn`` must have curvature in the outputs: a loss whose
+        Hessian in the outputs is zero (e.g. ``l1_loss``) is refused with a ValueError
+        during construction, as is a model whose output is not one tensor.
+    graph_cache : bool or int or "auto"
+        Accepted for a uniform signature and validated; unused.
+    hvp : {"auto"}
+        Any other value is refused with a ValueError (Hessian backends do not apply).
+    """
+
+    curvature = "ggn"
+
+
+class EmpiricalFisherOperator(HessianOperator):
+    """Empirical Fisher of the mean loss over a whole dataset.
+
+    ``F = (1/N) sum_i g_i g_i^T`` with ``g_i`` the gradient, in the selected parameters,
+    of example ``i``'s loss ``loss_fn(outputs[i:i+1], targets[i:i+1])``, its outputs taken
+    from the forward of its whole batch (so with batch norm in train mode ``g_i`` depends on
+    the batch, as the Hessian's semantics do). Positive semi-definite, of rank at most
+    ``N``.
+
+    Products use only ``jvp`` and ``vjp`` of the per-example losses
+    (:func:`hessnb.hessian.curvature.fisher_products`): ``hvp`` reports ``"jvp-vjp"``,
+    there is no graph cache, and :meth:`reuse_graphs` changes nothing.
+
+    Parameters
+    ----------
+    model, loss_fn, batches, params, bn_mode, dtype, check_determinism, transfer, distributed
+        As for :class:`HessianOperator`. ``loss_fn(outputs, targets)`` must be the mean of
+        per-example losses (e.g. ``cross_entropy`` with ``reduction="mean"``); a sum, class
+        weights or terms coupling examples are refused with a ValueError during
+        construction (checked on the first batch), as is a model whose output is not one
+        tensor or targets that are not one tensor of examples.
+    graph_cache : bool or int or "auto"
+        Accepted for a uniform signature and validated; unused.
+    hvp : {"auto"}
+        Any other value is refused with a ValueError (Hessian backends do not apply).
+    """
+
+    curvature = "fisher"
+
+
+#: The operator class of each curvature (:data:`hessnb.hessian.curvature.CURVATURES`).
+OPERATORS: dict[str, type[HessianOperator]] = {
+    "hessian": HessianOperator,
+    "ggn": GGNOperator,
+    "fisher": EmpiricalFisherOperator,
+}
 
 
 def _reducer(flag: bool | None) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ParameterSpace", "ParamSpec", "select_parameters", "state_key"]
+from hessnb.linalg.blocks import Blocks
+
+__all__ = [
+    "BLOCK_CHOICES",
+    "BlockSpec",
+    "ParameterSpace",
+    "ParamSpec",
+    "select_parameters",
+    "state_key",
+]
 
 ParamSpec = Iterable[nn.Parameter | str] | nn.Module | nn.Parameter | str | None
+BlockSpec = str | Mapping[str, str | Sequence[str]]
+#: Named ways to split the parameters into diagonal blocks.
+BLOCK_CHOICES = ("layers", "parameters")
 
 
 def state_key(tensors: Iterable[torch.Tensor]) -> tuple:
@@ -164,3 +176,67 @@ class ParameterSpace:
     def vector(self) -> torch.Tensor:
         """Current values of the selected parameters, flat float64 ``(n_params,)``."""
         return self.flatten([p.detach() for p in self.params])
+
+    def blocks(self, spec: BlockSpec) -> Blocks:
+        """Diagonal blocks of the parameter space, labelled by module or group name.
+
+        Parameters
+        ----------
+        spec : "layers", "parameters" or mapping
+            ``"layers"``: one block per module that owns selected parameters (its weight
+            and bias together), labelled by the module's name (``"(root)"`` for
+            parameters of the model itself). ``"parameters"``: one block per parameter.
+            A mapping ``{group: names}``: each group holds the parameters named (a
+            parameter name, or a module name for all its parameters, e.g.
+            ``{"convs": ["0", "2"], "head": "4.weight"}``); parameters in no group are
+            left out.
+
+        Returns
+        -------
+        Blocks
+            Coordinates of each block in the flat vector, in parameter order.
+
+        Raises
+        ------
+        ValueError
+            For an unknown spec, a name that matches no selected parameter, or a
+            parameter in two groups.
+        """
+        offsets, start = {}, 0
+        for name, p in zip(self.names, self.params, strict=True):
+            offsets[name] = torch.arange(start, start + p.numel())
+            start += p.numel()
+        if isinstance(spec, str):
+            if spec not in BLOCK_CHOICES:
+                raise ValueError(
+                    f"blocks must be one of {BLOCK_CHOICES} or a mapping {{group: parameter or "
+                    f"module names}}, got {spec!r}"
+                )
+            groups: dict[str, list[str]] = {}
+            for name in self.names:
+                label = name if spec == "parameters" else (name.rpartition(".")[0] or "(root)")
+                groups.setdefault(label, []).append(name)
+        elif isinstance(spec, Mapping):
+            groups = {str(k): self._matching(k, v) for k, v in spec.items()}
+        else:
+            raise TypeError(
+                f"blocks must be 'layers', 'parameters' or a mapping, got {type(spec).__name__}"
+            )
+        labels = tuple(groups)
+        indices = tuple(torch.cat([offsets[n] for n in names]) for names in groups.values())
+        return Blocks(labels, indices, self.n_params)
+
+    def _matching(self, group: str, wanted: str | Sequence[str]) -> list[str]:
+        """Selected parameter names matching ``wanted`` (names or module prefixes)."""
+        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+        found: list[str] = []
+        for item in wanted:
+            hits = [n for n in self.names if n == item or n.startswith(item + ".")]
+            if not hits:
+                close = [n for n in self.names if item in n][:5] or self.names[:5]
+                raise ValueError(
+                    f"block {group!r}: {item!r} names no selected parameter or module; "
+                    f"parameter names look like {close}"
+                )
+            found += [n for n in hits if n not in found]
+        return found

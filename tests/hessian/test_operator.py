@@ -126,6 +126,31 @@ def test_matmat_equals_stacked_matvecs_and_dense_equals_reference(network_case):
     np.testing.assert_allclose(op.dense(chunk=16), reference, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("hvp", ["double-backward", "forward-over-reverse"])
+def test_block_matmat_multiplies_each_column_by_its_parameters_diagonal_block(network_case, hvp):
+    op, model, batches, bn, reference = network_case
+    if hvp != "double-backward":
+        op = HessianOperator(
+            model, F.cross_entropy, batches, bn_mode="eval" if bn == "none" else bn, hvp=hvp
+        )
+    blocks = op.space.blocks("parameters")
+    vectors = _random_vectors(op.n_params, 3, seed=2)
+    supports = [[0], [1, 2], list(range(len(blocks.labels)))]  # parameter numbers per column
+    for column, support in enumerate(supports):
+        outside = torch.ones(op.n_params, dtype=torch.bool)
+        for j in support:
+            outside[blocks.indices[j]] = False
+        vectors[outside, column] = 0.0
+    products = op.block_matmat(vectors)
+    for column in range(3):
+        inside = vectors[:, column] != 0
+        expected = torch.zeros(op.n_params, dtype=torch.float64)
+        expected[inside] = reference[inside][:, inside] @ vectors[inside, column]
+        np.testing.assert_allclose(products[:, column], expected, rtol=1e-10, atol=1e-12)
+    # a column touching every parameter gets the whole H v
+    np.testing.assert_allclose(products[:, 2], op.matmat(vectors[:, 2:])[:, 0], rtol=1e-12)
+
+
 def test_gradient_matches_autograd_of_the_full_data_loss(network_case):
     op, model, batches, bn, _ = network_case
     reference = _reference_gradient(model, batches, bn)
