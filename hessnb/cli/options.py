@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
+from hessnb.hessian.curvature import CURVATURES
 from hessnb.hessian.datapass import BN_MODES, BN_TYPES
+from hessnb.hessian.params import BLOCK_CHOICES
 from hessnb.linalg.memory import PLACEMENTS
 from hessnb.settings import SLQSettings
 
@@ -44,8 +46,8 @@ def add_runtime_options(parser: argparse.ArgumentParser, threads: int | None = N
 
 def add_slq_options(parser: argparse.ArgumentParser) -> None:
     """Add the SLQ options: ``--lanczos-steps``, ``--probes``, ``--top-k``, ``--seed``,
-    ``--no-deflate``, ``--bn-mode``, ``--placement``, and the runtime options
-    (:func:`add_runtime_options`)."""
+    ``--no-deflate``, ``--bn-mode``, ``--curvature``, ``--blocks``, ``--placement``, and the
+    runtime options (:func:`add_runtime_options`)."""
     parser.add_argument(
         "--lanczos-steps",
         type=int,
@@ -77,6 +79,21 @@ def add_slq_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="batch norm in the Hessian: batch statistics (train, the paper's setting; "
         "default) or running statistics (eval)",
+    )
+    parser.add_argument(
+        "--curvature",
+        nargs="+",
+        choices=CURVATURES,
+        default=["hessian"],
+        help="curvature matrices recorded: hessian (default), ggn (Gauss-Newton), fisher "
+        "(empirical Fisher); several give a curvature dimension in the run file",
+    )
+    parser.add_argument(
+        "--blocks",
+        choices=BLOCK_CHOICES,
+        default=None,
+        help="spectra of the diagonal blocks instead of the whole: one per layer or per "
+        "parameter tensor (a block dimension in the run file)",
     )
     parser.add_argument(
         "--placement",
@@ -151,11 +168,15 @@ def tracker_options(args: argparse.Namespace, placement: str | None = None) -> d
     Returns
     -------
     dict
-        ``settings``, ``bn_mode``, ``placement`` and ``train_batch_size``.
+        ``settings``, ``bn_mode``, ``curvature`` (one name, or a list of several),
+        ``blocks``, ``placement`` and ``train_batch_size``.
     """
+    curvature = args.curvature
     return {
         "settings": slq_settings(args),
         "bn_mode": bn_mode(args),
+        "curvature": curvature[0] if len(curvature) == 1 else list(curvature),
+        "blocks": args.blocks,
         "placement": args.placement if placement is None else placement,
         "train_batch_size": getattr(args, "train_batch_size", None),
     }

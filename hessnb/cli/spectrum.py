@@ -48,6 +48,7 @@ from hessnb.cli.options import (
     set_threads,
     tracker_options,
 )
+from hessnb.hessian.params import ParameterSpace
 from hessnb.hessian.precision import PRECISIONS, configure_backends, prepare_model
 from hessnb.linalg.memory import plan_memory
 from hessnb.reference import data, models
@@ -239,10 +240,12 @@ def _compute(args: argparse.Namespace) -> int:
     model = models.build(args.model, **kwargs)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     ranks = distributed.world_size()
+    # blocks run one Lanczos per block and probe, each with a full-length basis
+    blocks = 1 if args.blocks is None else len(ParameterSpace(model).blocks(args.blocks).labels)
     plan = plan_memory(
         n_params,
         args.lanczos_steps,
-        args.probes,
+        args.probes * blocks,
         args.top_k,
         args.placement,
         device,

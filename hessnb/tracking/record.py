@@ -16,19 +16,22 @@ import torch
 import xarray as xr
 
 from hessnb.hessian.operator import HessianOperator
+from hessnb.linalg.blocks import Blocks
 from hessnb.linalg.operator import as_operator
 from hessnb.linalg.topk import top_eigenpairs
 from hessnb.schema import DIMENSIONS, VARIABLES, variable_attrs
 from hessnb.settings import SLQSettings
-from hessnb.slq import estimate, provenance, to_dataset
+from hessnb.slq import SpectrumEstimate, estimate, estimate_blocks, provenance, to_dataset
 from hessnb.tracking.gradients import cosine, projection_statistics
 
 __all__ = [
+    "CURVATURE_FREE",
     "TOP_TOL",
     "Recorded",
     "check_scalars",
     "flat_update",
     "gradient_statistics",
+    "join_curvatures",
     "record_step",
     "record_top",
 ]
@@ -59,7 +62,11 @@ def check_scalars(scalars: dict[str, Any]) -> dict[str, float]:
 
 
 def flat_update(op: HessianOperator, update: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    """An optimizer update (flat, or one tensor per selected parameter) as flat float64."""
+    """An optimizer update (flat, or one tensor per selected parameter) as flat float64,
+    in the operator's coordinates (``P^{1/2} delta`` for a preconditioned operator)."""
+    scale = getattr(op, "scale_update", None)
+    if callable(scale):
+        return scale(update).to(dtype=torch.float64)
     if isinstance(update, torch.Tensor) and update.ndim == 1:
         flat = update
     else:
@@ -147,6 +154,8 @@ def record_step(
     step: int,
     settings: SLQSettings,
     *,
+    blocks: Blocks | None = None,
+    evaluation: dict[str, Any] | None = None,
     placement: str = "device",
     on_step: Callable[[int], None] | None = None,
     update: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -161,10 +170,18 @@ def record_step(
     Parameters
     ----------
     op : HessianOperator
-        The Hessian at the current parameters.
+        The curvature at the current parameters (a Hessian, GGN or Fisher operator).
     step : int
         The training step; the result has a ``step`` dimension of length 1.
     settings : SLQSettings
+    blocks : Blocks, optional
+        Record the spectrum of each diagonal block instead (:func:`hessnb.slq.
+        estimate_blocks`): every spectrum variable and gradient statistic gains a
+        ``block`` dimension, computed from the block's part of the gradient (and of
+        ``update``); ``loss`` and ``accuracy`` do not.
+    evaluation : dict, optional
+        ``op.evaluate(gradient=True)`` at these parameters when already computed (e.g. by
+        another curvature's record at the same step): saves its pass over the data.
     placement : {"device", "cpu", "mmap", "auto"}
         Where the Krylov basis lives.
     on_step : callable, optional
@@ -179,33 +196,68 @@ def record_step(
     Returns
     -------
     Recorded
-        ``dataset`` with dims ``step`` (length 1), ``probe``, ``node``, ``k``, and the top
-        Ritz ``vectors`` ``(n_params, top_k)``.
+        ``dataset`` with dims ``step`` (length 1), (``block``,) ``probe``, ``node``,
+        ``k``, and the top Ritz ``vectors`` ``(n_params, top_k)`` (of the first block).
     """
     extra = check_scalars(scalars or {})
     direction = None if update is None else flat_update(op, update)
     with op.reuse_graphs():  # the model is fixed for the whole record
-        evaluation = op.evaluate(gradient=True)  # one pass (it fills the graph cache)
+        if evaluation is None:
+            evaluation = op.evaluate(gradient=True)  # one pass (it fills the graph cache)
         gradient = evaluation["gradient"]
-        nonzero = bool(gradient.any())
-        est = estimate(
-            op,
-            settings,
-            placement=placement,
-            on_step=on_step,
-            keep_vectors=True,
-            gradient=gradient if nonzero else None,
-        )
-    hg = est.grad_alpha / math.hypot(est.grad_alpha, est.grad_beta) if nonzero else math.nan
+        nonzero = gradient if bool(gradient.any()) else None
+        options = {"placement": placement, "on_step": on_step, "keep_vectors": True}
+        if blocks is None:
+            ests = [estimate(op, settings, gradient=nonzero, **options)]
+        else:
+            ests = estimate_blocks(op, blocks, settings, gradient=nonzero, **options)
+    indices = [slice(None)] if blocks is None else list(blocks.indices)
+    spectra = []
+    for est, index in zip(ests, indices, strict=True):
+        part = {**evaluation, "gradient": _within(gradient, index)}
+        moved = None if direction is None else _within(direction, index)
+        spectra.append(_spectrum_record(est, part, moved, settings.lanczos_steps))
+    if blocks is None:
+        record = spectra[0]
+    else:
+        record = xr.concat(spectra, dim="block", combine_attrs="override")
+        record = record.assign_coords(block=("block", list(blocks.labels)))
+        record.attrs["blocks"] = "custom"
+    for name in ("loss", "accuracy"):  # one value per step, whatever the blocks
+        record[name] = ((), np.float64(evaluation.get(name, math.nan)), variable_attrs(name))
+    hvps = sum(int(est.lengths.sum()) + int(np.isfinite(est.grad_nodes).sum()) for est in ests)
+    values = {**_floats(extra), "has_density": np.int8(1), "hvps": hvps}
+    return Recorded(_package(op, record, step, values, attrs), ests[0].top_vectors)
+
+
+def _within(vector: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
+    """``vector`` with the coordinates outside ``index`` set to zero."""
+    if isinstance(index, slice):
+        return vector
+    out = torch.zeros_like(vector)
+    out[index.to(vector.device)] = vector[index.to(vector.device)]
+    return out
+
+
+def _spectrum_record(
+    est: SpectrumEstimate,
+    evaluation: dict[str, Any],
+    direction: torch.Tensor | None,
+    steps: int,
+) -> xr.Dataset:
+    """One spectrum's dataset with its gradient statistics (and measure, NaN if none)."""
+    record = to_dataset(est)
+    if est.grad_nodes is None:  # a zero gradient has no spectral measure
+        est.grad_nodes, est.grad_weights = np.full(steps, np.nan), np.full(steps, np.nan)
+        hg = math.nan
+    else:
+        hg = est.grad_alpha / math.hypot(est.grad_alpha, est.grad_beta)
     statistics = gradient_statistics(evaluation, est.top_vectors, hg, direction)
-    hvps = int(est.lengths.sum()) + (int(np.isfinite(est.grad_nodes).sum()) if nonzero else 0)
-    values = {**_floats(statistics), **_floats(extra), "has_density": np.int8(1), "hvps": hvps}
-    if not nonzero:  # a zero gradient has no spectral measure
-        values.update(
-            grad_nodes=np.full(settings.lanczos_steps, np.nan),
-            grad_weights=np.full(settings.lanczos_steps, np.nan),
-        )
-    return Recorded(_package(op, to_dataset(est), step, values, attrs), est.top_vectors)
+    statistics.update(grad_nodes=est.grad_nodes, grad_weights=est.grad_weights)
+    for key, value in _floats(statistics).items():
+        if key not in ("loss", "accuracy"):
+            record[key] = (VARIABLES[key].dims, value, variable_attrs(key))
+    return record
 
 
 def record_top(
@@ -283,3 +335,29 @@ def record_top(
         "hvps": top.matvecs + int(bool(gradient.any())),
     }
     return Recorded(_package(op, record, step, values, attrs), top.vectors)
+
+
+#: Per-step variables that do not depend on the curvature (one value for all of them).
+CURVATURE_FREE = ("loss", "accuracy", "has_density")
+
+
+def join_curvatures(records: dict[str, xr.Dataset]) -> xr.Dataset:
+    """Records of one step for several curvatures as one dataset with a ``curvature`` dim.
+
+    Spectrum variables and gradient statistics gain ``curvature`` (placed after ``step``);
+    ``loss``, ``accuracy``, ``has_density`` and user scalars keep one value (the first
+    record's). Attributes are the first record's.
+    """
+    names = list(records)
+    first = records[names[0]]
+    shared = [
+        v
+        for v in first.data_vars
+        if v in CURVATURE_FREE or v not in VARIABLES or not VARIABLES[v].computed
+    ]
+    parts = [records[c].drop_vars(shared) for c in names]
+    joined = xr.concat(parts, dim="curvature", combine_attrs="override")
+    joined = joined.assign_coords(curvature=("curvature", names))
+    for name in shared:
+        joined[name] = first[name]
+    return joined.transpose("step", "curvature", ...)

@@ -22,8 +22,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hessnb import distributed as dist
-from hessnb.hessian.operator import HessianOperator, LossFn
-from hessnb.hessian.params import ParamSpec
+from hessnb.hessian.curvature import check_curvatures
+from hessnb.hessian.operator import OPERATORS, LossFn
+from hessnb.hessian.params import BlockSpec, ParamSpec
+from hessnb.hessian.preconditioned import PreconditionedOperator
 from hessnb.runfile import (
     append_record,
     check_compatible,
@@ -32,7 +34,8 @@ from hessnb.runfile import (
     write_run,
 )
 from hessnb.settings import SLQSettings
-from hessnb.tracking.record import TOP_TOL, Recorded, record_step, record_top
+from hessnb.slq import describe_blocks
+from hessnb.tracking.record import TOP_TOL, Recorded, join_curvatures, record_step, record_top
 from hessnb.tracking.schedule import Schedule, make_schedule
 from hessnb.validation import check_positive_int
 
@@ -65,6 +68,23 @@ class Tracker:
         SLQ settings (see :func:`hessnb.spectrum`); the probes are the same at every step.
     settings : SLQSettings, optional
         The five settings at once (then leave the keywords at their defaults).
+    curvature : {"hessian", "ggn", "fisher"} or sequence of them
+        The curvature matrix recorded: the Hessian (default), the generalised Gauss-Newton
+        matrix (:class:`~hessnb.GGNOperator`) or the empirical Fisher
+        (:class:`~hessnb.EmpiricalFisherOperator`). A sequence records each of them at
+        every record, along a ``curvature`` dimension of the run file (they share the
+        loss and gradient pass; each runs its own Lanczos).
+    blocks : "layers", "parameters" or mapping, optional
+        Record the spectra of the diagonal blocks of the curvature instead of the whole
+        (one per layer, per parameter, or per named group, see
+        :meth:`hessnb.hessian.params.ParameterSpace.blocks`), along a ``block``
+        dimension, all blocks in one lockstep Lanczos. Not with ``top_every``.
+    precondition : torch.optim.Optimizer, optional
+        An Adam-type optimizer (Adam, AdamW, NAdam, Adamax): record the curvature it sees,
+        ``P^{-1/2} H P^{-1/2}`` with ``P`` its denominator at the time of each record
+        (:class:`~hessnb.PreconditionedOperator`); gradient statistics are then those of
+        ``P^{-1/2} g`` and ``update`` is taken to the same coordinates. A record before
+        the optimizer's first step raises :class:`~hessnb.hessian.PreconditionerError`.
     bn_mode : {"train", "eval"}
         Batch-norm semantics of the Hessian (see :class:`~hessnb.HessianOperator`).
     train_batch_size : int, optional
@@ -113,6 +133,9 @@ class Tracker:
         seed: int = 0,
         deflate: bool = True,
         settings: SLQSettings | None = None,
+        curvature: str | Sequence[str] = "hessian",
+        blocks: BlockSpec | None = None,
+        precondition: torch.optim.Optimizer | None = None,
         bn_mode: str = "train",
         params: ParamSpec = None,
         dtype: torch.dtype | None = None,
@@ -137,7 +160,8 @@ class Tracker:
         if not (isinstance(top_tol, (int, float)) and 0 < top_tol < 1):
             raise ValueError(f"top_tol must be a number in (0, 1), got {top_tol!r}")
         self.top_tol = float(top_tol)
-        self._vectors: torch.Tensor | None = None  # warm start of the next top-k record
+        # warm starts of the next top-k record, per curvature
+        self._vectors: dict[str, torch.Tensor] = {}
         chosen = SLQSettings.resolve(
             settings,
             lanczos_steps=lanczos_steps,
@@ -147,16 +171,35 @@ class Tracker:
             deflate=deflate,
         )
         self._distributed = dist.use_distributed(distributed)
-        self.operator = HessianOperator(
-            model,
-            loss_fn,
-            batches,
-            params=params,
-            bn_mode=bn_mode,
-            dtype=dtype,
-            transfer=transfer,
-            distributed=self._distributed,
-        )
+        self.curvatures = check_curvatures(curvature)
+        self._stacked = not isinstance(curvature, str)
+        if blocks is not None and self.top_every is not None:
+            raise ValueError(
+                "top_every records the top-k pairs of the whole curvature and blocks records "
+                "per-block spectra; pass one of them (or track the blocks in a second Tracker)"
+            )
+        self.operators = {
+            name: OPERATORS[name](
+                model,
+                loss_fn,
+                batches,
+                params=params,
+                bn_mode=bn_mode,
+                dtype=dtype,
+                transfer=transfer,
+                distributed=self._distributed,
+            )
+            for name in self.curvatures
+        }
+        self.operator = self.operators[self.curvatures[0]]
+        if precondition is not None and not isinstance(precondition, torch.optim.Optimizer):
+            raise TypeError(
+                "precondition must be the torch.optim optimizer whose curvature is recorded "
+                f"(e.g. torch.optim.Adam), got {type(precondition).__name__}"
+            )
+        self.precondition = precondition
+        self.blocks = None if blocks is None else self.operator.space.blocks(blocks)
+        self._blocks_label = "none" if blocks is None else describe_blocks(blocks)
         self.settings = chosen.for_dimension(self.operator.n_params)
         if train_batch_size is not None:
             self.check_batch_size(train_batch_size)
@@ -174,6 +217,11 @@ class Tracker:
             **self.settings.as_attrs(),
             "n_params": self.operator.n_params,
             "bn_mode": self.operator.bn_mode,
+            "curvature": " ".join(self.curvatures),
+            "blocks": self._blocks_label,
+            "preconditioner": (
+                "none" if self.precondition is None else type(self.precondition).__name__.lower()
+            ),
         }
 
     def _open_existing(self) -> xr.Dataset | None:
@@ -274,26 +322,34 @@ class Tracker:
         """
         step = self._check_step(step)
         bar = tqdm(
-            total=self.settings.lanczos_steps,
+            total=self.settings.lanczos_steps * len(self.curvatures),
             desc=f"step {step}: Lanczos",
             unit="step",
             disable=not self.progress,
             leave=False,
         )
+        records: dict[str, Recorded] = {}
+        operators = self._current_operators()
+        first = operators[self.curvatures[0]]
         try:
-            recorded = record_step(
-                self.operator,
-                step,
-                self.settings,
-                placement=self.placement,
-                on_step=lambda _j: bar.update(1),
-                update=update,
-                scalars=scalars,
-                attrs=self._attrs(),
-            )
+            with first.reuse_graphs():  # the loss and gradient pass serves every curvature
+                evaluation = first.evaluate(gradient=True)
+                for name, op in operators.items():
+                    records[name] = record_step(
+                        op,
+                        step,
+                        self.settings,
+                        blocks=self.blocks,
+                        evaluation=evaluation,
+                        placement=self.placement,
+                        on_step=lambda _j: bar.update(1),
+                        update=update,
+                        scalars=scalars,
+                        attrs=self._attrs(),
+                    )
         finally:
             bar.close()
-        return self._store(recorded)
+        return self._store(self._joined(records))
 
     def record_top(
         self,
@@ -313,17 +369,37 @@ class Tracker:
             The step's record, already on disk (``has_density`` 0, NaN density).
         """
         step = self._check_step(step)
-        recorded = record_top(
-            self.operator,
-            step,
-            self.settings,
-            start=self._vectors,
-            tol=self.top_tol,
-            update=update,
-            scalars=scalars,
-            attrs=self._attrs(),
-        )
-        return self._store(recorded)
+        records = {
+            name: record_top(
+                op,
+                step,
+                self.settings,
+                start=self._vectors.get(name),
+                tol=self.top_tol,
+                update=update,
+                scalars=scalars,
+                attrs=self._attrs(),
+            )
+            for name, op in self._current_operators().items()
+        }
+        return self._store(self._joined(records))
+
+    def _current_operators(self) -> dict[str, Any]:
+        """The operators of this record: each curvature's, seen through ``precondition``."""
+        if self.precondition is None:
+            return dict(self.operators)
+        return {
+            name: PreconditionedOperator.from_adam(op, self.precondition)
+            for name, op in self.operators.items()
+        }
+
+    def _joined(self, records: dict[str, Recorded]) -> Recorded:
+        """One record for the file: the curvature's, or all joined along ``curvature``."""
+        self._vectors = {name: r.vectors for name, r in records.items()}
+        first = records[self.curvatures[0]]
+        if not self._stacked:
+            return first
+        return Recorded(join_curvatures({n: r.dataset for n, r in records.items()}), first.vectors)
 
     def _attrs(self) -> dict[str, Any]:
         return {
@@ -341,7 +417,6 @@ class Tracker:
         # on disk before record returns; only rank 0 writes
         dist.write_on_main(write_run, grown, self.path, self._distributed)
         self._data, self._replace = grown, False
-        self._vectors = recorded.vectors
         return recorded.dataset.isel(step=0)
 
     def _check_step(self, step: Any) -> int:

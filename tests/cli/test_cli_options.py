@@ -70,10 +70,16 @@ def test_tracker_options() -> None:
     assert options.tracker_options(args) == {
         "settings": expected,
         "bn_mode": "train",
+        "curvature": "hessian",
+        "blocks": None,
         "placement": "cpu",
         "train_batch_size": None,
     }
     assert options.tracker_options(args, placement="mmap")["placement"] == "mmap"
+    several = options.tracker_options(_parse("--curvature", "hessian", "ggn", "--blocks", "layers"))
+    assert several["curvature"] == ["hessian", "ggn"] and several["blocks"] == "layers"
+    with pytest.raises(SystemExit):
+        _parse("--curvature", "hesian")
 
 
 def test_threads(monkeypatch: pytest.MonkeyPatch) -> None:
