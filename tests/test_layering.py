@@ -20,6 +20,7 @@ LAYERS = [
     ("hessnb.slq",),
     ("hessnb.accessor", "hessnb.runfile"),
     ("hessnb.tracking",),
+    ("hessnb.integrations",),
     ("hessnb.viz",),
     ("hessnb.reference",),
     ("hessnb.cli",),
