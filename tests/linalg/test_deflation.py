@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from planted import Diagonal, planted
 
 import hessnb
+from bench.deflation import Diagonal
+from bench.deflation import planted_spectrum as planted
 from hessnb.linalg.deflation import SIMPLE_LIMIT, deflate_weights
 from hessnb.linalg.quadrature import wasserstein_distance
 from hessnb.slq import estimate
