@@ -35,6 +35,7 @@ EXPECTED = [
     "03_slq_accuracy.ipynb",
     "04_teaching_outliers.ipynb",
     "05_imagenet_scale.ipynb",
+    "06_curvature_and_layers.ipynb",
 ]
 SHIPPED = NOTEBOOK_DIR / "data"
 #: The command documented in notebooks/data/README.md (and the quickstart) that makes
@@ -68,7 +69,7 @@ def _ids(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------- committed state
-def test_the_five_notebooks_exist() -> None:
+def test_the_six_notebooks_exist() -> None:
     assert [p.name for p in NOTEBOOKS] == EXPECTED
 
 

@@ -6,10 +6,13 @@ density visibly changes from step to step. The gradient statistics are made up b
 the schema (overlaps >= 0, ``grad_fraction`` = their sum <= 1). These datasets have no
 top-k records, no ``has_density`` and no gradient measure, like run files written before
 hessnb stored them; :func:`tracked_run` writes a real run that has all three.
+:func:`series_run` stacks such runs along the ``curvature`` and ``block`` dimensions of
+issue 12 (several curvature matrices, the Hessian's diagonal blocks).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,6 +95,95 @@ def two_runs() -> xr.Dataset:
     """Runs "bn" and "no-bn" with different steps, combined along ``run`` (NaN-padded)."""
     bn = run_dataset(steps=(0, 10, 20), name="bn", seed=1)
     no_bn = run_dataset(steps=(0, 10, 20, 40), name="no-bn", seed=2)
+    return combine_runs({"bn": bn, "no-bn": no_bn})
+
+
+#: Curvatures and blocks of :func:`series_run` (block names that sort otherwise than stored).
+CURVATURES, BLOCKS = ("hessian", "ggn"), ("conv1", "0", "fc")
+#: Variables of a run that no curvature matrix changes (they keep no ``curvature`` dim).
+TRAINING = ("loss", "accuracy", "grad_norm", "lr", "momentum", "n_params")
+
+
+def stack(parts: Sequence[xr.Dataset], dim: str, names: Sequence[str]) -> xr.Dataset:
+    """``parts`` along a new ``dim`` labelled ``names``, placed after ``step``.
+
+    Along ``curvature``, the :data:`TRAINING` variables are taken from the first part
+    (they do not depend on the curvature); along ``block`` only ``n_params`` differs, per
+    block, and the training variables likewise keep no ``block`` dim.
+    """
+    ds = xr.concat(
+        parts,
+        dim=xr.DataArray(list(names), dims=dim),
+        data_vars="all",
+        coords="minimal",
+        combine_attrs="override",
+    )
+    shared = TRAINING if dim == "curvature" else tuple(n for n in TRAINING if n != "n_params")
+    for name in shared:
+        if name in ds and dim in ds[name].dims:
+            ds[name] = ds[name].isel({dim: 0}, drop=True)
+    return ds.transpose("step", *[d for d in ("curvature", "block") if d in ds.dims], ...)
+
+
+def series_run(
+    steps: Sequence[int] = (0, 10, 20),
+    curvatures: Sequence[str] | None = CURVATURES,
+    blocks: Sequence[str] | None = BLOCKS,
+    name: str = "run",
+    seed: int = 0,
+) -> xr.Dataset:
+    """A run with a ``curvature`` and/or ``block`` dimension (None leaves one out).
+
+    Every (curvature, block) spectrum is :func:`run_dataset` (2 probes) with its own seed,
+    so each differs; blocks get ``n_params`` 10, 20, 30, ... Dims like ``(step,
+    curvature, block, probe, node)``; the training variables (:data:`TRAINING`) have
+    neither. Built once per argument set (a copy is returned).
+    """
+    key = (tuple(steps), _names(curvatures), _names(blocks), name, seed)
+    return _series_run(*key).copy(deep=True)
+
+
+def _names(names: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if names is None else tuple(names)
+
+
+@functools.cache
+def _series_run(
+    steps: tuple[int, ...],
+    curvatures: tuple[str, ...] | None,
+    blocks: tuple[str, ...] | None,
+    name: str,
+    seed: int,
+) -> xr.Dataset:
+    rows = []
+    for i in range(len(curvatures or [None])):
+        row = [
+            run_dataset(steps, 2, name, seed=seed + 10 * i + j)
+            for j in range(len(blocks or [None]))
+        ]
+        if blocks is not None:
+            for j, part in enumerate(row):
+                part["n_params"] = 10 * (j + 1)
+            row = [stack(row, "block", blocks)]
+        rows.append(row[0])
+    return rows[0] if curvatures is None else stack(rows, "curvature", curvatures)
+
+
+def block_spectrum() -> xr.Dataset:
+    """``hessnb.spectrum`` of diag(1..12) in blocks "low" (1..6) and "high" (7..12), exact."""
+    return hessnb.spectrum(
+        np.diag(np.arange(1.0, 13.0)),
+        lanczos_steps=6,
+        top_k=2,
+        blocks={"low": slice(0, 6), "high": slice(6, 12)},
+        progress=False,
+    )
+
+
+def series_runs() -> xr.Dataset:
+    """Two curvature-and-block runs combined along ``run`` ("bn": steps 0-20, "no-bn": 0-40)."""
+    bn = series_run(steps=(0, 10, 20), name="bn", seed=1)
+    no_bn = series_run(steps=(0, 10, 20, 40), name="no-bn", seed=2)
     return combine_runs({"bn": bn, "no-bn": no_bn})
 
 

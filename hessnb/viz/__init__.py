@@ -2,10 +2,13 @@
 
 Views never compute spectra: they read run datasets (``hessnb.open_run``) and derive
 densities through ``ds.hess``, each step with the paper's kernel for its own spectral
-range (:class:`Smoothing`). In a notebook without internet access, call
-:func:`use_offline_renderer` once so that charts draw with no CDN. Importing this package
-imports neither altair nor any Jupyter module: each name below loads its module on first
-use, and only the explorer (:func:`explore`, :class:`Explorer`) imports ipywidgets.
+range (:class:`Smoothing`). Runs may hold the spectra of several curvature matrices
+(``curvature``) and of the Hessian's diagonal blocks (``block``): every view draws each
+curvature and one block (``block=``), :func:`layer_sharpness_chart` every block. In a
+notebook without internet access, call :func:`use_offline_renderer` once so that charts
+draw with no CDN. Importing this package imports neither altair nor any Jupyter module:
+each name below loads its module on first use, and only the explorer (:func:`explore`,
+:class:`Explorer`) imports ipywidgets.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
         density_heatmap,
         gradient_chart,
         gradient_measure_chart,
+        layer_sharpness_chart,
         movement_chart,
         sharpness_chart,
         statistics_chart,
@@ -40,6 +44,7 @@ _HOMES = {
     "explore": "explorer",
     "gradient_chart": "charts",
     "gradient_measure_chart": "charts",
+    "layer_sharpness_chart": "charts",
     "load_runs": "report",
     "movement_chart": "charts",
     "report_chart": "report",
@@ -75,6 +80,7 @@ __all__ = [
     "explore",
     "gradient_chart",
     "gradient_measure_chart",
+    "layer_sharpness_chart",
     "load_runs",
     "movement_chart",
     "report_chart",

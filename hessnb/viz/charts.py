@@ -1,8 +1,16 @@
 """Altair chart builders for Hessian spectra and their evolution over training.
 
 Every builder takes a dataset (a single spectrum, a tracked run, or several runs along a
-``run`` dimension), returns an altair chart and never displays it. Datasets with several
-runs are drawn side by side with shared scales. ``step`` selects what is "current":
+``run`` dimension), returns an altair chart and never displays it. A run may hold the
+spectra of several curvature matrices (a ``curvature`` dimension: Hessian, Gauss–Newton,
+empirical Fisher) and of the Hessian's diagonal blocks (a ``block`` dimension, one per
+layer). Every combination of run, curvature and block is a *series*
+(:func:`hessnb.viz.runs.each_series`, labelled like ``"bn · ggn · conv1"``): series are
+drawn side by side with shared scales (a row per run when runs have several), and
+:func:`statistics_chart` overlays them as coloured lines. Blocks are many, so every
+builder draws one block, the first stored, unless ``block=`` names another (or a list of
+them); :func:`layer_sharpness_chart` shows every block at once. ``step`` selects what is
+"current":
 
 - an ``int``: that recorded step (the chart carries only its density);
 - ``None``: the last recorded step;
@@ -27,6 +35,7 @@ against 2/η) draw every record.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 
 import altair as alt
@@ -44,6 +53,7 @@ __all__ = [
     "density_heatmap",
     "gradient_chart",
     "gradient_measure_chart",
+    "layer_sharpness_chart",
     "movement_chart",
     "sharpness_chart",
     "statistics_chart",
@@ -85,6 +95,15 @@ NO_LR_NOTE = (
 MOVEMENT_NOTE = "Wasserstein-1 distance between consecutive densities; hover for the rate per step"
 MEASURE_NOTE = "cumulative share of ‖g‖² on the Ritz values of the gradient's Lanczos run"
 MEASURE_WIDTH = 300
+#: Height of one block's row in :func:`layer_sharpness_chart`.
+LAYER_ROW_HEIGHT = 22
+#: Digits as subscripts, for the name of the eigenvalue of rank k (λ₁, λ₂, ...).
+SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+#: Why :func:`layer_sharpness_chart` cannot draw a dataset.
+NO_BLOCKS = (
+    "it needs the spectra of the Hessian's diagonal blocks (a 'block' dimension), which "
+    "this dataset lacks: compute them with hessnb.spectrum(op, blocks='layers')"
+)
 #: Margin of :func:`gradient_measure_chart`'s x axis beyond the nodes (share of their range).
 MEASURE_PADDING = 0.05
 
@@ -123,22 +142,35 @@ def _side_by_side(
     ds: xr.Dataset,
     build: Callable[[xr.Dataset, str | None], alt.TopLevelMixin],
     densities_only: bool = True,
+    keep: Sequence[str] = (),
 ) -> alt.TopLevelMixin:
-    """``build(run_ds, run_name)`` for each run, concatenated with shared scales.
+    """``build(series_ds, label)`` for each series, concatenated with shared scales.
 
-    ``run_ds`` holds the run's densities, or with ``densities_only=False`` every record
-    (top-k records too; see :func:`hessnb.viz.runs.select_run`).
+    ``series_ds`` is one series of :func:`hessnb.viz.runs.each_series` (the dimensions in
+    ``keep`` kept) at its densities, or with ``densities_only=False`` at every record
+    (top-k records too). Panels sit in one row, or one row per run when runs have
+    several panels each.
     """
-    charts = [
-        build(run_ds, name) for name, run_ds in runs.each_run(ds, densities_only=densities_only)
-    ]
+    series = runs.each_series(ds, densities_only=densities_only, keep=keep)
+    charts = [build(one, label) for label, one in series]
     if len(charts) == 1:
         return charts[0]
-    return alt.hconcat(*charts).resolve_scale(x="shared", y="shared", color="shared")
+    columns = math.prod(len(runs.labels(ds, d)) for d in runs.series_dims(ds, (*keep, "run")))
+    grid = (
+        alt.hconcat(*charts)
+        if columns in (1, len(charts))
+        else alt.concat(*charts, columns=columns)
+    )
+    return grid.resolve_scale(x="shared", y="shared", color="shared")
 
 
-def _title(what: str, run: str | None, subtitle: Sequence[str] = ()) -> alt.TitleParams | str:
-    text = f"{what} · {run}" if run else what
+def _called(series: str | None) -> str:
+    """A series in a message: its label quoted, or "the run" when it has none."""
+    return repr(series) if series else "the run"
+
+
+def _title(what: str, series: str | None, subtitle: Sequence[str] = ()) -> alt.TitleParams | str:
+    text = f"{what}{runs.SEPARATOR}{series}" if series else what
     lines = [line for line in subtitle if line]
     return alt.TitleParams(text, subtitle=lines) if lines else text
 
@@ -152,7 +184,7 @@ def step_slider(ds: xr.Dataset, name: str = SLIDER_NAME) -> alt.Parameter:
     Parameters
     ----------
     ds : xarray.Dataset
-        Run(s); the slider spans the steps recorded by any run.
+        Run(s); the slider spans the steps recorded by any series.
     name : str
         Parameter name, used in the charts' filter expressions.
 
@@ -161,7 +193,7 @@ def step_slider(ds: xr.Dataset, name: str = SLIDER_NAME) -> alt.Parameter:
     altair.Parameter
         Pass it as ``step`` to the chart builders; it starts at the last step.
     """
-    steps = np.unique(np.concatenate([runs.steps_of(one) for _, one in runs.each_run(ds)]))
+    steps = np.unique(np.concatenate([runs.steps_of(one) for _, one in runs.each_series(ds)]))
     gaps = np.diff(steps)
     increment = int(np.gcd.reduce(gaps)) if gaps.size else 1
     return alt.param(
@@ -209,6 +241,7 @@ def density_chart(
     y_floor: float = Y_FLOOR,
     y_max: float | None = None,
     smoothing: Smoothing | None = None,
+    block: runs.BlockArg = None,
     width: int = WIDTH,
     height: int = HEIGHT,
 ) -> alt.TopLevelMixin:
@@ -235,6 +268,8 @@ def density_chart(
         Top of the y axis (default: just above the largest density drawn).
     smoothing : Smoothing, optional
         Kernels and x range to use (e.g. one shared by several charts).
+    block : str, sequence of str or None
+        Block(s) drawn from per-block spectra (default: the first; see the module docstring).
 
     Returns
     -------
@@ -244,11 +279,12 @@ def density_chart(
         subtitle states the kernel and, when a grid forced a wider kernel, by how much.
         Its data holds ``ds.hess.density(sigma_s, grid_s)`` at the step(s) shown.
     """
+    ds = runs.pick_blocks(ds, block)
     sm = smoothing or Smoothing.of(ds, sigma, points, x_scale, scale=scale)
     if log_y and not y_floor > 0:
         raise ValueError(f"y_floor must be positive on a log axis, got {y_floor}")
 
-    def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+    def one(run_ds: xr.Dataset, series: str | None) -> alt.TopLevelMixin:
         steps = None if _is_slider(step) else [runs.check_step(run_ds, step)]
         kernels = sm.kernels(run_ds)
         drawn = kernels if steps is None else [k for k in kernels if k.step in steps]
@@ -290,7 +326,7 @@ def density_chart(
         chart = _layer(area, line, rules, _bulk_edge_rule(run_ds, step, x_axis), label).properties(
             width=width,
             height=height,
-            title=_title("Hessian eigenvalue density", run, subtitle),
+            title=_title("Hessian eigenvalue density", series, subtitle),
         )
         return _with_slider(chart, step)
 
@@ -364,6 +400,7 @@ def gradient_measure_chart(
     ds: xr.Dataset,
     step: StepArg = None,
     *,
+    block: runs.BlockArg = None,
     width: int = MEASURE_WIDTH,
     height: int = HEIGHT,
 ) -> alt.TopLevelMixin:
@@ -381,6 +418,8 @@ def gradient_measure_chart(
         ``hessnb.Tracker`` at full records.
     step : int, None or slider parameter
         Which step (see the module docstring); None: the last step holding the measure.
+    block : str, sequence of str or None
+        Block(s) drawn from per-block spectra (default: the first; see the module docstring).
     width, height : int
         Size of each run's panel in pixels.
 
@@ -396,6 +435,7 @@ def gradient_measure_chart(
         No gradient measure stored (``hessnb.spectrum`` output, run files written before
         hessnb stored it, runs of top-k records only), or none at ``step``.
     """
+    ds = runs.pick_blocks(ds, block)
     stored = "grad_nodes" in ds and "grad_weights" in ds
     nodes = np.asarray(ds["grad_nodes"].values if stored else [], dtype=np.float64)
     finite = nodes[np.isfinite(nodes)]
@@ -405,10 +445,10 @@ def gradient_measure_chart(
     pad = MEASURE_PADDING * (hi - lo) if hi > lo else 1.0
     domain = (lo - pad, hi + pad)
 
-    def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+    def one(run_ds: xr.Dataset, series: str | None) -> alt.TopLevelMixin:
         measured = run_ds.sel(step=frames.gradient_measure_steps(run_ds))
         if measured.sizes["step"] == 0:
-            raise ValueError(f"gradient_measure_chart: run {run!r} holds no gradient measure")
+            raise ValueError(f"gradient_measure_chart: {_called(series)} holds no gradient measure")
         try:
             steps = None if _is_slider(step) else [runs.check_step(measured, step)]
         except ValueError as err:
@@ -448,7 +488,7 @@ def gradient_measure_chart(
         chart = _layer(curve, jumps).properties(
             width=width,
             height=height,
-            title=_title("gradient's spectral measure", run, [MEASURE_NOTE]),
+            title=_title("gradient's spectral measure", series, [MEASURE_NOTE]),
         )
         return _with_slider(chart, step)
 
@@ -456,6 +496,24 @@ def gradient_measure_chart(
 
 
 # ---------------------------------------------------------------------- over training
+def _check_k(k: int, size: int) -> int:
+    """``k`` if it is a rank ``1..size`` of ``top_eigenvalues``, else a clear error."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= size:
+        raise ValueError(f"k must lie in 1..{size}, got {k!r}")
+    return int(k)
+
+
+def _step_rule(run_ds: xr.Dataset, step: StepArg) -> alt.Chart:
+    """A white vertical rule at the current step (over a heat map)."""
+    now = _with_ends(pd.DataFrame({"step": runs.steps_of(run_ds)}), run_ds)
+    return (
+        alt.Chart(_data(now))
+        .transform_filter(_current(step, run_ds))
+        .mark_rule(color="white", strokeWidth=2)
+        .encode(x="step:Q")
+    )
+
+
 def _marker(frame: pd.DataFrame, run_ds: xr.Dataset, step: StepArg, y: str) -> alt.Chart:
     """A rule and a large point at the current step on a trajectory."""
     base = alt.Chart(_data(_with_ends(frame, run_ds))).transform_filter(_current(step, run_ds))
@@ -471,6 +529,7 @@ def top_eigenvalues_chart(
     *,
     k: int | None = None,
     log_y: bool = False,
+    block: runs.BlockArg = None,
     width: int = TRAJECTORY_WIDTH,
     height: int = HEIGHT,
 ) -> alt.TopLevelMixin:
@@ -488,6 +547,8 @@ def top_eigenvalues_chart(
         Draw only the top ``k`` (default: all stored).
     log_y : bool
         Symmetric-log y axis (eigenvalues may be negative).
+    block : str, sequence of str or None
+        Block(s) drawn from per-block spectra (default: the first; see the module docstring).
 
     Returns
     -------
@@ -495,12 +556,13 @@ def top_eigenvalues_chart(
         Layers: lr drops (rules), trajectories (lines), current-step marker.
     """
     require(ds, ["top_eigenvalues"], "top_eigenvalues_chart")
+    ds = runs.pick_blocks(ds, block)
+    if k is not None:
+        _check_k(k, ds.sizes["k"])
 
-    def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+    def one(run_ds: xr.Dataset, series: str | None) -> alt.TopLevelMixin:
         frame = frames.top_frame(run_ds)
         if k is not None:
-            if not 1 <= k <= run_ds.sizes["k"]:
-                raise ValueError(f"k must lie in 1..{run_ds.sizes['k']}, got {k}")
             frame = frame[frame["k"] <= k]
         y = alt.Y(
             "eigenvalue:Q",
@@ -519,7 +581,9 @@ def top_eigenvalues_chart(
         )
         top1 = frame[frame["k"] == frame["k"].min()]
         chart = _layer(_lr_layer(run_ds), lines, _marker(top1, run_ds, step, "eigenvalue:Q"))
-        chart = chart.properties(width=width, height=height, title=_title("top eigenvalues", run))
+        chart = chart.properties(
+            width=width, height=height, title=_title("top eigenvalues", series)
+        )
         return _with_slider(chart, step)
 
     return _side_by_side(ds, one, densities_only=False)
@@ -529,6 +593,7 @@ def gradient_chart(
     ds: xr.Dataset,
     step: StepArg = None,
     *,
+    block: runs.BlockArg = None,
     width: int = TRAJECTORY_WIDTH,
     height: int = HEIGHT,
 ) -> alt.TopLevelMixin:
@@ -545,8 +610,10 @@ def gradient_chart(
         Run(s) with ``grad_fraction`` (step) and optionally ``grad_overlap`` (step, k).
     step : int, None or slider parameter
         Marked as the current step.
+    block : str, sequence of str or None
+        Block(s) drawn from per-block spectra (default: the first; see the module docstring).
     width, height : int
-        Size of each run's panel in pixels.
+        Size of each series' panel in pixels.
 
     Returns
     -------
@@ -555,8 +622,9 @@ def gradient_chart(
         current-step marker.
     """
     require(ds, ["grad_fraction"], "gradient_chart")
+    ds = runs.pick_blocks(ds, block)
 
-    def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+    def one(run_ds: xr.Dataset, series: str | None) -> alt.TopLevelMixin:
         y_scale = alt.Scale(domain=[0, 1])
         areas = None
         if "grad_overlap" in run_ds:
@@ -583,7 +651,7 @@ def gradient_chart(
         )
         chart = _layer(_lr_layer(run_ds), areas, line, _marker(fraction, run_ds, step, "value:Q"))
         chart = chart.properties(
-            width=width, height=height, title=_title("gradient concentration", run)
+            width=width, height=height, title=_title("gradient concentration", series)
         )
         return _with_slider(chart, step)
 
@@ -630,6 +698,7 @@ def sharpness_chart(
     *,
     momentum: float | None = None,
     log_y: bool = False,
+    block: runs.BlockArg = None,
     width: int = TRAJECTORY_WIDTH,
     height: int = HEIGHT,
     fraction_height: int = FRACTION_HEIGHT,
@@ -657,10 +726,12 @@ def sharpness_chart(
         else 0.
     log_y : bool
         Symmetric-log λ axis (a small λ₁ stays visible under a large 2/η).
+    block : str, sequence of str or None
+        Block(s) drawn from per-block spectra (default: the first; see the module docstring).
     width, height : int
-        Size of each run's λ₁ panel in pixels.
+        Size of each series' λ₁ panel in pixels.
     fraction_height : int
-        Height of each run's ``grad_fraction`` panel.
+        Height of each series' ``grad_fraction`` panel.
 
     Returns
     -------
@@ -671,6 +742,7 @@ def sharpness_chart(
         to record ``lr`` when the run has none.
     """
     require(ds, ["top_eigenvalues"], "sharpness_chart")
+    ds = runs.pick_blocks(ds, block)
     if momentum is None:
         momentum = frames.recorded_momentum(ds)
     label = frames.threshold_label(momentum)
@@ -686,7 +758,7 @@ def sharpness_chart(
     def frame_of(run_ds: xr.Dataset) -> pd.DataFrame:
         return _with_ends(frames.sharpness_frame(run_ds, momentum), run_ds)
 
-    def sharpness(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+    def sharpness(run_ds: xr.Dataset, series: str | None) -> alt.TopLevelMixin:
         frame = frame_of(run_ds)
         base = alt.Chart(_data(frame)).encode(
             x=x,
@@ -721,10 +793,10 @@ def sharpness_chart(
             _marker(frame, run_ds, step, "sharpness:Q"),
         )
         return chart.properties(
-            width=width, height=height, title=_title("sharpness over training", run, [note])
+            width=width, height=height, title=_title("sharpness over training", series, [note])
         )
 
-    def gradient_share(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+    def gradient_share(run_ds: xr.Dataset, _series: str | None) -> alt.TopLevelMixin:
         frame = frame_of(run_ds)
         y = alt.Y("grad_fraction:Q", title="share of ‖g‖² in top-k", scale=alt.Scale(domain=[0, 1]))
         base = alt.Chart(_data(frame)).encode(
@@ -749,6 +821,7 @@ def movement_chart(
     ds: xr.Dataset,
     step: StepArg = None,
     *,
+    block: runs.BlockArg = None,
     width: int = TRAJECTORY_WIDTH,
     height: int = HEIGHT,
 ) -> alt.TopLevelMixin:
@@ -762,11 +835,13 @@ def movement_chart(
     Parameters
     ----------
     ds : xarray.Dataset
-        Run(s), each with at least two densities.
+        Run(s), each series with at least two densities.
     step : int, None or slider parameter
         Marked as the current step (no marker at a run's first density).
+    block : str, sequence of str or None
+        Block(s) drawn from per-block spectra (default: the first; see the module docstring).
     width, height : int
-        Size of each run's panel in pixels.
+        Size of each series' panel in pixels.
 
     Returns
     -------
@@ -776,16 +851,17 @@ def movement_chart(
     Raises
     ------
     ValueError
-        A run with fewer than two densities.
+        A series with fewer than two densities.
     """
+    ds = runs.pick_blocks(ds, block)
 
-    def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+    def one(run_ds: xr.Dataset, series: str | None) -> alt.TopLevelMixin:
         steps = runs.steps_of(run_ds)
         if steps.size < 2:
-            name = f"run {run!r}" if run is not None else "the run"
             raise ValueError(
-                f"movement_chart needs at least two recorded densities per run; {name} has "
-                f"one (step {steps[0]}): track more full records (Tracker's every=)"
+                "movement_chart needs at least two recorded densities per run; "
+                f"{_called(series)} has one (step {steps[0]}): track more full records "
+                "(Tracker's every=)"
             )
         frame = _with_ends(frames.movement_frame(run_ds), run_ds)
         line = (
@@ -806,7 +882,7 @@ def movement_chart(
         chart = chart.properties(
             width=width,
             height=height,
-            title=_title("spectrum movement", run, [MOVEMENT_NOTE]),
+            title=_title("spectrum movement", series, [MOVEMENT_NOTE]),
         )
         return _with_slider(chart, step)
 
@@ -824,6 +900,7 @@ def density_heatmap(
     x_scale: XScale = "linear",
     decades: float = 10.0,
     smoothing: Smoothing | None = None,
+    block: runs.BlockArg = None,
     width: int = WIDTH,
     height: int = HEIGHT,
 ) -> alt.TopLevelMixin:
@@ -844,6 +921,8 @@ def density_heatmap(
         Cells along the eigenvalue axis.
     decades : float
         Colour range below the maximum, in powers of ten.
+    block : str, sequence of str or None
+        Block(s) drawn from per-block spectra (default: the first; see the module docstring).
 
     Returns
     -------
@@ -851,11 +930,12 @@ def density_heatmap(
         Layers: cells (rects), lr drops (rules), current-step rule. The subtitle states
         the kernel and the cell height.
     """
+    ds = runs.pick_blocks(ds, block)
     sm = smoothing or Smoothing.of(ds, sigma, points, x_scale, scale=scale)
     height_of_cell = (sm.domain[1] - sm.domain[0]) / cells
     subtitle = [f"kernel: {sm.describe()}", f"mean over cells {height_of_cell:.3g} high"]
 
-    def one(run_ds: xr.Dataset, run: str | None) -> alt.TopLevelMixin:
+    def one(run_ds: xr.Dataset, series: str | None) -> alt.TopLevelMixin:
         frame = frames.heat_frame(run_ds, sm, cells, decades)
         rects = (
             alt.Chart(_data(frame))
@@ -879,33 +959,125 @@ def density_heatmap(
                 ],
             )
         )
-        now = _with_ends(pd.DataFrame({"step": runs.steps_of(run_ds)}), run_ds)
-        marker = (
-            alt.Chart(_data(now))
-            .transform_filter(_current(step, run_ds))
-            .mark_rule(color="white", strokeWidth=2)
-            .encode(x="step:Q")
-        )
-        chart = _layer(rects, _lr_layer(run_ds), marker).properties(
-            width=width, height=height, title=_title("log-density over training", run, subtitle)
+        chart = _layer(rects, _lr_layer(run_ds), _step_rule(run_ds, step)).properties(
+            width=width, height=height, title=_title("log-density over training", series, subtitle)
         )
         return _with_slider(chart, step)
 
     return _side_by_side(ds, one)
 
 
+def _lambda(k: int) -> str:
+    """``"λ₁"`` for rank 1, ``"λ₁₂"`` for rank 12."""
+    return "λ" + str(k).translate(SUBSCRIPTS)
+
+
+def layer_sharpness_chart(
+    ds: xr.Dataset,
+    step: StepArg = None,
+    *,
+    k: int = 1,
+    log: bool = True,
+    width: int = WIDTH,
+    row_height: int = LAYER_ROW_HEIGHT,
+) -> alt.TopLevelMixin:
+    """Each block's (layer's) top eigenvalue λ_k over training, as a heat map.
+
+    One row per block of the Hessian's diagonal blocks (``hessnb.spectrum(op,
+    blocks="layers")``), in the stored order; one column per recorded step, the top-k
+    records of ``Tracker(top_every=...)`` included, each reaching to the next recorded
+    step; colour: ``top_eigenvalues`` at rank ``k``. Which layer is sharpest, and when it
+    became so, reads off at a glance. One panel per curvature and run (a row per run when
+    runs hold several curvatures), with one colour scale.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Per-block spectra: ``top_eigenvalues`` over (run?, step?, curvature?, block, k).
+    step : int, None or slider parameter
+        Marked by a vertical rule.
+    k : int
+        Rank of the eigenvalue drawn (1 = the largest).
+    log : bool
+        Logarithmic colour scale when every value drawn is positive; a symmetric-log
+        scale otherwise (the subtitle says so). False: linear.
+    width : int
+        Width of each panel in pixels.
+    row_height : int
+        Height of each block's row in pixels.
+
+    Returns
+    -------
+    altair chart
+        Layers: cells (rects, the block, step, λ_k and the block's ``n_params`` in the
+        tooltip), current-step rule. Its data holds ``top_eigenvalues.isel(k=k - 1)`` of
+        every block and step.
+
+    Raises
+    ------
+    ValueError
+        ``ds`` has no ``block`` dimension (spectra of the whole operator) or no
+        ``top_eigenvalues``, or ``k`` is not a stored rank.
+    """
+    if "block" not in ds.dims:
+        raise ValueError(f"layer_sharpness_chart: {NO_BLOCKS}")
+    require(ds, ["top_eigenvalues"], "layer_sharpness_chart")
+    rank = _check_k(k, ds.sizes["k"])
+    blocks = runs.labels(ds, "block")
+    values = np.asarray(ds["top_eigenvalues"].isel(k=rank - 1).values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    kind, note = "linear", ""
+    if log:
+        positive = bool(values.size) and bool((values > 0).all())
+        kind = "log" if positive else "symlog"
+        note = "" if positive else f"symmetric-log colours: some {_lambda(rank)} ≤ 0"
+    name = _lambda(rank)
+
+    def one(run_ds: xr.Dataset, series: str | None) -> alt.TopLevelMixin:
+        frame = _with_ends(frames.layer_frame(run_ds, rank), run_ds)
+        tooltip = [
+            "block:N",
+            "step:Q",
+            alt.Tooltip("eigenvalue:Q", title=name, format=".5g"),
+            *(["n_params:Q"] if "n_params" in frame else []),
+        ]
+        rects = (
+            alt.Chart(_data(frame))
+            .mark_rect()
+            .encode(
+                x=alt.X("step:Q", title="training step"),
+                x2="step_end:Q",
+                y=alt.Y("block:N", title="block", sort=blocks),
+                color=alt.Color(
+                    "eigenvalue:Q", title=name, scale=alt.Scale(type=kind, scheme="viridis")
+                ),
+                tooltip=tooltip,
+            )
+        )
+        chart = _layer(rects, _step_rule(run_ds, step)).properties(
+            width=width,
+            height=row_height * len(blocks),
+            title=_title(f"{name} of each block over training", series, [note]),
+        )
+        return _with_slider(chart, step)
+
+    return _side_by_side(ds, one, densities_only=False, keep=("block",))
+
+
 def _statistics_frame(ds: xr.Dataset, names: list[str], step: StepArg) -> pd.DataFrame:
-    """Statistics of every run in long form.
+    """Statistics of every series in long form.
 
     Returns
     -------
     pandas.DataFrame
-        ``step``, ``variable``, ``value``, ``step_end``, ``run`` and, unless ``step`` is a
-        slider, ``shown``: whether the row is at that run's current step.
+        ``step``, ``variable``, ``value``, ``step_end``, ``series`` (its label, ``""`` for
+        a single run) and, unless ``step`` is a slider, ``shown``: whether the row is at
+        that series' current step.
     """
     parts = []
-    for name, run_ds in runs.each_run(ds):
-        frame = _with_ends(frames.scalar_frame(run_ds, names), run_ds).assign(run=name or "")
+    series = runs.each_series(ds)
+    for label, run_ds in series:
+        frame = _with_ends(frames.scalar_frame(run_ds, names), run_ds).assign(series=label or "")
         if not _is_slider(step):
             steps = runs.steps_of(run_ds)
             current = steps[-1] if step is None else step
@@ -913,7 +1085,7 @@ def _statistics_frame(ds: xr.Dataset, names: list[str], step: StepArg) -> pd.Dat
         parts.append(frame)
     frame = pd.concat(parts, ignore_index=True)
     if not _is_slider(step) and not frame["shown"].any():
-        runs.check_step(runs.each_run(ds)[0][1], step)  # raises, naming the recorded steps
+        runs.check_step(series[0][1], step)  # raises, naming the recorded steps
     return frame
 
 
@@ -921,22 +1093,26 @@ def statistics_chart(
     ds: xr.Dataset,
     step: StepArg = None,
     *,
+    block: runs.BlockArg = None,
     width: int = STATISTIC_WIDTH,
     height: int = STATISTIC_HEIGHT,
 ) -> alt.TopLevelMixin:
-    """The spectrum statistics over training: one panel each, one line per run.
+    """The spectrum statistics over training: one panel each, one line per series.
 
     Panels (those stored): ``outlier_gap`` (λ₁ / bulk edge, log axis), ``n_outliers``
     (top Ritz values isolated above the bulk), ``lambda_min`` and ``negative_mass``
     (quadrature weight on negative eigenvalues); see :mod:`hessnb.linalg.statistics`.
-    Runs are overlaid, coloured by run, so their statistics compare at a glance.
+    Series (runs, curvatures, blocks; :func:`hessnb.viz.runs.each_series`) are overlaid,
+    coloured by their label, so their statistics compare at a glance.
 
     Parameters
     ----------
     ds : xarray.Dataset
         Run(s) holding at least one of the statistics over ``step``.
     step : int, None or slider parameter
-        Marked on every line (a run that did not record an int ``step`` has no marker).
+        Marked on every line (a series that did not record an int ``step`` has no marker).
+    block : str, sequence of str or None
+        Block(s) drawn from per-block spectra (default: the first; see the module docstring).
     width, height : int
         Size of each panel in pixels.
 
@@ -951,6 +1127,7 @@ def statistics_chart(
     ValueError
         ``ds`` holds none of the statistics (a run file written before they existed).
     """
+    ds = runs.pick_blocks(ds, block)
     names = [n for n in STATISTIC_PANELS if n in frames.statistics_in(ds)]
     if not names:
         raise ValueError(
@@ -958,11 +1135,16 @@ def statistics_chart(
             "dataset lacks (a run file written before hessnb stored them)"
         )
     frame = _statistics_frame(ds, names, step)
-    several = len(runs.run_names(ds)) > 1
+    several = frame["series"].nunique() > 1
+    title = runs.series_title(ds)
     base = alt.Chart(_data(frame)).encode(
         x=alt.X("step:Q", title="training step"),
-        color=alt.Color("run:N", title="run") if several else alt.value("#1f4e79"),
-        tooltip=["run:N", "step:Q", alt.Tooltip("value:Q", format=".4g")]
+        color=alt.Color("series:N", title=title) if several else alt.value("#1f4e79"),
+        tooltip=[
+            alt.Tooltip("series:N", title=title),
+            "step:Q",
+            alt.Tooltip("value:Q", format=".4g"),
+        ]
         if several
         else ["step:Q", alt.Tooltip("value:Q", format=".4g")],
     )

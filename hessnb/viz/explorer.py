@@ -1,15 +1,19 @@
 """``hessnb.explore(ds)``: an ipywidgets explorer of a run's spectra.
 
 Controls (a step slider with a play button, a kernel-width slider, a log/linear toggle,
-a run selector and a refresh button) redraw one ``alt.JupyterChart``: the density at the
-current step with the top eigenvalues as rules coloured and sized by their share of the
-gradient and the bulk edge marked, beside the ``grad_fraction`` curve; below them the
-sharpness λ₁ against 2/η (for runs of more than one record) beside the gradient's
-cumulative spectral measure at the current step (when stored); then the spectrum
-statistics over training (when the run stores them); trajectories carry a marker at the
-current step. The step slider moves over the steps holding a density; the trajectories
-also draw the top-k records of ``Tracker(top_every=...)`` between them. Every step is
-smoothed with its own paper kernel (:mod:`hessnb.viz.smoothing`);
+a run selector, a block selector and a refresh button) redraw one ``alt.JupyterChart``:
+the density at the current step with the top eigenvalues as rules coloured and sized by
+their share of the gradient and the bulk edge marked, beside the ``grad_fraction`` curve;
+below them the sharpness λ₁ against 2/η (for runs of more than one record) beside the
+gradient's cumulative spectral measure at the current step (when stored); then the
+spectrum statistics over training (when the run stores them); trajectories carry a marker
+at the current step; for runs holding the Hessian's diagonal blocks, at the bottom every
+block's λ₁ over training (:func:`hessnb.viz.charts.layer_sharpness_chart`). The step
+slider moves over the steps holding a density; the trajectories also draw the top-k
+records of ``Tracker(top_every=...)`` between them. Runs holding several curvature
+matrices (a ``curvature`` dimension) show a panel per curvature in every view, each view
+then in a row of its own; runs holding blocks show the block chosen in the block
+selector. Every step is smoothed with its own paper kernel (:mod:`hessnb.viz.smoothing`);
 the σ slider multiplies all of them (1 = the paper's). Nothing is computed here beyond
 ``ds.hess`` (through :mod:`hessnb.viz.charts`); re-smoothing reuses the stored quadrature
 nodes and weights. ``JupyterChart`` is an anywidget, so no front-end build step is needed
@@ -69,6 +73,8 @@ class Explorer(widgets.VBox):
         tracked can be followed.
     run : str, optional
         Run shown first when the dataset holds several (default: the first).
+    block : str, optional
+        Block shown first when the dataset holds per-block spectra (default: the first).
     step : int, optional
         Step shown first (default: the last recorded).
     sigma_scale : float
@@ -90,7 +96,7 @@ class Explorer(widgets.VBox):
 
     Attributes
     ----------
-    step_slider, play, sigma_slider, scale_toggle, run_select, refresh_button
+    step_slider, play, sigma_slider, scale_toggle, run_select, block_select, refresh_button
         The controls (ipywidgets); setting their values redraws the chart.
     chart_widget : altair.JupyterChart
         The chart; ``chart_widget.chart`` is the altair chart drawn.
@@ -101,6 +107,7 @@ class Explorer(widgets.VBox):
         source: Source,
         *,
         run: str | None = None,
+        block: str | None = None,
         step: int | None = None,
         sigma_scale: float = 1.0,
         points: int = MAX_POINTS,
@@ -119,12 +126,15 @@ class Explorer(widgets.VBox):
         self.dataset = self._load()
         names = runs.run_names(self.dataset)
         run = (run or names[0]) if names else None
-        self._run_ds = runs.select_run(self.dataset, run)
-        self._records = runs.select_run(self.dataset, run, densities_only=False)
-        self._smoothing = Smoothing.of(self.dataset, None, points, x_scale, scale=sigma_scale)
+        blocks = runs.labels(self.dataset, "block")
+        block = (block or blocks[0]) if blocks else None
+        self._select(run, block)
+        self._smoothing = Smoothing.of(self._shown, None, points, x_scale, scale=sigma_scale)
 
-        self.run_select = widgets.Dropdown(options=names, value=run, description="run")
-        self.run_select.layout.display = None if names else "none"
+        self.run_select = widgets.Dropdown(description="run")
+        self.block_select = widgets.Dropdown(description="block")
+        self._offer(self.run_select, names, run)
+        self._offer(self.block_select, blocks, block)
         self.step_slider = widgets.SelectionSlider(
             options=self._step_options(), description="step", continuous_update=False
         )
@@ -160,8 +170,9 @@ class Explorer(widgets.VBox):
         for control in (self.step_slider, self.sigma_slider, self.scale_toggle):
             control.observe(self._redraw, names="value")
         self.run_select.observe(self._on_run, names="value")
+        self.block_select.observe(self._on_block, names="value")
         self.refresh_button.on_click(lambda _button: self.refresh())
-        controls = widgets.HBox([self.play, self.step_slider, self.run_select])
+        controls = widgets.HBox([self.play, self.step_slider, self.run_select, self.block_select])
         options = widgets.HBox([self.sigma_slider, self.scale_toggle, self.refresh_button])
         super().__init__([controls, options, self.chart_widget, self.status])
         self._update_status()
@@ -185,6 +196,21 @@ class Explorer(widgets.VBox):
                 f"or a function returning a dataset; got {type(source).__name__}"
             )
         return require(ds, QUADRATURE, "the explorer")
+
+    def _select(self, run: str | None, block: str | None) -> None:
+        """Point the views at ``run`` and ``block`` of the dataset (every curvature kept)."""
+        self._shown = runs.pick_blocks(self.dataset, block)  # every run: one x range
+        self._run_ds = runs.select_series(self._shown, {"run": run, "block": block})
+        self._records = runs.select_series(
+            self._shown, {"run": run, "block": block}, densities_only=False
+        )
+        self._layers = (
+            runs.select_run(self.dataset, run, densities_only=False) if block is not None else None
+        )
+
+    def _first(self) -> tuple[str | None, xr.Dataset]:
+        """The first series shown and its label: the first curvature (or the run itself)."""
+        return runs.each_series(self._run_ds)[0]
 
     def _step_options(self) -> list[tuple[str, int]]:
         return [(str(s), int(s)) for s in runs.steps_of(self._run_ds)]
@@ -214,8 +240,11 @@ class Explorer(widgets.VBox):
 
     @property
     def kernel(self) -> Kernel:
-        """Kernel width and grid of the density drawn (the current step's own)."""
-        one = self._run_ds.sel(step=[self.step])
+        """Kernel width and grid of the density drawn (the current step's own).
+
+        With several curvatures, that of the first curvature's density.
+        """
+        one = self._first()[1].sel(step=[self.step])
         return self.smoothing.kernels(one)[0]
 
     @property
@@ -250,29 +279,57 @@ class Explorer(widgets.VBox):
         self.run_select.value = value
 
     @property
+    def block(self) -> str | None:
+        """Block shown (None for a dataset without a ``block`` dimension)."""
+        return self.block_select.value
+
+    @block.setter
+    def block(self, value: str) -> None:
+        runs.pick_blocks(self.dataset, value)  # raises, naming the blocks, for an unknown one
+        self.block_select.value = value
+
+    @property
     def smoothing(self) -> Smoothing:
-        """How the densities are smoothed (each step's paper kernel times ``sigma_scale``)."""
+        """How the densities are smoothed (each step's paper kernel times ``sigma_scale``).
+
+        Its x range covers every run's spectra of the block shown.
+        """
         if self._smoothing.scale != self.sigma_scale:
-            self._smoothing = Smoothing.of(
-                self.dataset, None, self._points, self._x_scale, scale=self.sigma_scale
-            )
+            self._resmooth()
         return self._smoothing
 
+    def _resmooth(self) -> None:
+        self._smoothing = Smoothing.of(
+            self._shown, None, self._points, self._x_scale, scale=self.sigma_scale
+        )
+
     def density(self) -> xr.DataArray:
-        """The density drawn: ``ds.hess.density(sigma, grid)`` of the run at the step."""
+        """The density drawn: ``ds.hess.density(sigma, grid)`` of the run at the step.
+
+        With several curvatures, the first curvature's.
+        """
         kernel = self.kernel
-        one = self._run_ds.sel(step=[self.step])
+        one = self._first()[1].sel(step=[self.step])
         return one.hess.density(sigma=kernel.sigma, grid=kernel.grid).isel(step=0)
 
     # ------------------------------------------------------------------ drawing
     def _top_of_axis(self) -> float:
-        """Largest density over every step of the run (fixed axis while stepping)."""
+        """Largest density over every step and curvature of the run (fixed while stepping)."""
         sm = self.smoothing
-        key = (self.run, sm.scale, self.log_y, self._run_ds.sizes["step"])
+        key = (self.run, self.block, sm.scale, self.log_y, self._run_ds.sizes["step"])
         if key not in self._y_max:
-            peak = float(frames.density_frame(self._run_ds, sm)["density"].max())
+            peak = max(
+                float(frames.density_frame(one, sm)["density"].max())
+                for _, one in runs.each_series(self._run_ds)
+            )
             self._y_max[key] = peak * (3.0 if self.log_y else 1.15)
         return self._y_max[key]
+
+    def _measured(self, step: int) -> bool:
+        """Whether every curvature shown stores the gradient's spectral measure at ``step``."""
+        return all(
+            step in frames.gradient_measure_steps(one) for _, one in runs.each_series(self._run_ds)
+        )
 
     def build_chart(self) -> alt.TopLevelMixin:
         """The chart for the current controls.
@@ -282,7 +339,9 @@ class Explorer(widgets.VBox):
         altair chart
             Rows: the density, beside it the gradient share (when stored); the sharpness
             (more than one record), beside it the gradient's spectral measure at the step
-            (when stored there); the spectrum statistics over training (when stored).
+            (when stored there); the spectrum statistics over training (when stored);
+            every block's λ₁ over training (per-block spectra). With several curvatures
+            every view (a panel per curvature) has a row of its own.
         """
         step = int(self.step_slider.value)
         records = self._records
@@ -301,10 +360,14 @@ class Explorer(widgets.VBox):
         rows.append([])
         if records.sizes["step"] > 1:
             rows[1].append(charts.sharpness_chart(records, step, width=DENSITY_WIDTH))
-        if step in frames.gradient_measure_steps(self._run_ds):
+        if self._measured(step):
             rows[1].append(charts.gradient_measure_chart(self._run_ds, step, width=GRAD_WIDTH))
         if frames.statistics_in(self._run_ds):
             rows.append([charts.statistics_chart(self._run_ds, step)])
+        if self._layers is not None and "top_eigenvalues" in self._layers:
+            rows.append([charts.layer_sharpness_chart(self._layers, step)])
+        if len(runs.labels(self._run_ds, "curvature")) > 1:
+            rows = [[view] for row in rows for view in row]
         shown = [row[0] if len(row) == 1 else alt.hconcat(*row) for row in rows if row]
         return shown[0] if len(shown) == 1 else alt.vconcat(*shown)
 
@@ -318,21 +381,26 @@ class Explorer(widgets.VBox):
         steps = runs.steps_of(self._run_ds)
         top_k = self._records.sizes["step"] - steps.size
         kernel = self.kernel
-        run = f"run <b>{self.run}</b> · " if self.run is not None else ""
+        run = "".join(
+            f"{dim} <b>{label}</b> · "
+            for dim, label in (("run", self.run), ("block", self.block))
+            if label is not None
+        )
+        curvature = self._first()[0]
+        at = f" ({curvature})" if curvature else ""
         widened = f", widened ×{kernel.widening:.2g} to fit the grid" if kernel.widened else ""
         records = f" and {top_k} top-k records" if top_k else ""
         self.status.value = (
             f"{run}{steps.size} recorded densities ({steps[0]}…{steps[-1]}){records} · "
             f"σ = {self.sigma_scale:.3g} × the paper's, {kernel.sigma:.3g} at step "
-            f"{self.step}{widened} · {kernel.grid.size} grid points"
+            f"{self.step}{at}{widened} · {kernel.grid.size} grid points"
         )
 
-    def _reselect(self, run: str | None) -> None:
-        """Point the controls at ``run`` of the current dataset, keeping the step if any."""
+    def _reselect(self, run: str | None, block: str | None) -> None:
+        """Point the controls at ``run`` and ``block``, keeping the step if any."""
         old_step = self.step
         was_last = self.step_slider.index == len(self.step_slider.options) - 1
-        self._run_ds = runs.select_run(self.dataset, run)
-        self._records = runs.select_run(self.dataset, run, densities_only=False)
+        self._select(run, block)
         options = self._step_options()
         steps = [s for _, s in options]
         self._quiet = True
@@ -345,8 +413,37 @@ class Explorer(widgets.VBox):
             self._quiet = False
 
     def _on_run(self, change: dict[str, Any]) -> None:
-        self._reselect(change["new"])
+        if self._quiet:
+            return
+        self._reselect(change["new"], self.block)
         self._redraw()
+
+    def _on_block(self, change: dict[str, Any]) -> None:
+        if self._quiet:
+            return
+        self._reselect(self.run, change["new"])
+        self._resmooth()  # the block's own x range
+        self._y_max.clear()
+        self._redraw()
+
+    def _offer(
+        self, select: widgets.Dropdown, options: list[str], value: str | None = None
+    ) -> str | None:
+        """Give ``select`` the ``options`` quietly, selecting ``value`` (default: its own).
+
+        Keeps the value if it is one of the options, else selects the first (None for no
+        options; the control is then hidden). Returns the value selected.
+        """
+        value = select.value if value is None else value
+        value = value if value in options else (options or [None])[0]
+        self._quiet = True
+        try:
+            select.options = options
+            select.value = value
+        finally:
+            self._quiet = False
+        select.layout.display = None if options else "none"
+        return value
 
     def refresh(self, dataset: xr.Dataset | None = None) -> Explorer:
         """Re-read the source (or take ``dataset``) and redraw, picking up new steps.
@@ -356,19 +453,11 @@ class Explorer(widgets.VBox):
         self.dataset = (
             self._load() if dataset is None else require(dataset, QUADRATURE, "the explorer")
         )
-        self._smoothing = Smoothing.of(
-            self.dataset, None, self._points, self._x_scale, scale=self.sigma_scale
-        )
         self._y_max.clear()
-        names = runs.run_names(self.dataset)
-        run = self.run if self.run in names else (names or [None])[0]
-        self._quiet = True
-        try:
-            self.run_select.options = names
-            self.run_select.value = run
-        finally:
-            self._quiet = False
-        self._reselect(run)
+        run = self._offer(self.run_select, runs.run_names(self.dataset))
+        block = self._offer(self.block_select, runs.labels(self.dataset, "block"))
+        self._reselect(run, block)
+        self._resmooth()
         self._redraw()
         return self
 

@@ -7,7 +7,9 @@ and grid (:mod:`hessnb.viz.smoothing`). The per-step statistics (``lambda_min``,
 lack them, and :func:`statistics_in` says which a dataset holds. Trajectory tables
 (:func:`top_frame`, :func:`sharpness_frame`, :func:`scalar_frame`) take every step of the
 run they are given, top-k records included; :func:`gradient_measure_frame` and
-:func:`movement_frame` read full records only.
+:func:`movement_frame` read full records only. Every table is of one series (one run, one
+curvature, one block: :func:`hessnb.viz.runs.each_series`), except :func:`layer_frame`,
+which keeps the ``block`` dimension.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from scipy.integrate import cumulative_trapezoid
 from hessnb import accessor  # noqa: F401  (registers ds.hess)
 from hessnb.linalg.statistics import STATISTICS
 from hessnb.schema import require
-from hessnb.viz.runs import check_step, density_mask, step_ends, steps_of
+from hessnb.viz.runs import check_step, density_mask, labels, step_ends, steps_of
 from hessnb.viz.smoothing import Smoothing
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "gradient_measure_steps",
     "heat_frame",
     "kernel_frame",
+    "layer_frame",
     "lr_drops",
     "movement_frame",
     "scalar_frame",
@@ -259,6 +262,39 @@ def top_frame(ds: xr.Dataset, steps: Sequence[int] | None = None) -> pd.DataFram
     frame = xr.Dataset(table).to_dataframe().reset_index()
     keep = ["step", "k", *table]
     return frame[keep].dropna(subset=["eigenvalue"]).reset_index(drop=True)
+
+
+def layer_frame(ds: xr.Dataset, k: int = 1) -> pd.DataFrame:
+    """The top eigenvalue of rank ``k`` of every block at every step of one series.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A single run and curvature whose ``top_eigenvalues`` are over (step, block, k):
+        :func:`hessnb.viz.runs.each_series` with ``keep=("block",)``.
+    k : int
+        Rank (1 = the largest); position ``k - 1`` along ``k``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``step``, ``block`` (in the stored order within each step), ``eigenvalue``
+        (``top_eigenvalues.isel(k=k - 1)``) and, when stored per block, ``n_params``;
+        rows without a value (blocks a step did not record) are dropped.
+    """
+    require(ds, ["top_eigenvalues"], "a per-block view", dims=("step", "block"))
+    values = ds["top_eigenvalues"].isel(k=k - 1).transpose("step", "block").values
+    steps, blocks = steps_of(ds), labels(ds, "block")
+    frame = pd.DataFrame(
+        {
+            "step": np.repeat(steps, len(blocks)),
+            "block": np.tile(np.asarray(blocks, dtype=object), steps.size),
+            "eigenvalue": values.ravel(),
+        }
+    )
+    if "n_params" in ds and ds["n_params"].dims == ("block",):
+        frame["n_params"] = np.tile(ds["n_params"].values, steps.size)
+    return frame.dropna(subset=["eigenvalue"]).reset_index(drop=True)
 
 
 def scalar_frame(ds: xr.Dataset, names: Sequence[str]) -> pd.DataFrame:

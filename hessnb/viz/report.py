@@ -6,7 +6,10 @@ trajectories, the gradient concentration, the sharpness against 2/η, the spectr
 movement between densities, the spectrum statistics (when stored) and a log-density heat
 map, all driven by one Vega-Lite "training step" slider over the densities. Trajectories
 draw every record, the top-k records of ``Tracker(top_every=...)`` included; at most
-``max_steps`` densities are embedded. Vega's JavaScript is inlined, so the file opens in
+``max_steps`` densities are embedded. Runs holding several curvature matrices show a
+panel for each; runs holding the Hessian's diagonal blocks show one block in these views
+(``block=``, default the first) and every block's λ₁ in :func:`hessnb.viz.charts.
+layer_sharpness_chart`. Vega's JavaScript is inlined, so the file opens in
 any browser with no kernel and no network. ``hessnb report RUN... --html out.html``
 (:mod:`hessnb.cli.report`) writes it with :func:`write_report`.
 """
@@ -102,9 +105,9 @@ def _thin(ds: xr.Dataset, max_steps: int) -> xr.Dataset:
     return ds.isel(step=densities[keep] if densities.size > max_steps else densities)
 
 
-def _rows(views: list[alt.TopLevelMixin], several_runs: bool) -> list[alt.TopLevelMixin]:
-    """Views side by side in one row, or (each already runs side by side) one per row."""
-    if several_runs or len(views) < 2:
+def _rows(views: list[alt.TopLevelMixin], several: bool) -> list[alt.TopLevelMixin]:
+    """Views side by side in one row, or (each already several panels) one per row."""
+    if several or len(views) < 2:
         return views
     return [alt.hconcat(*views)]
 
@@ -117,6 +120,7 @@ def report_chart(
     points: int = REPORT_POINTS,
     max_steps: int | None = None,
     momentum: float | None = None,
+    block: str | None = None,
 ) -> alt.VConcatChart:
     """All report charts stacked, linked by one step slider over the densities.
 
@@ -137,6 +141,8 @@ def report_chart(
     momentum : float, optional
         Heavy-ball β of the optimizer, for the sharpness chart's threshold (2+2β)/η
         (default: the run's recorded ``momentum``, else 0).
+    block : str, optional
+        For per-block spectra, the block the views show (default: the first).
 
     Returns
     -------
@@ -145,25 +151,27 @@ def report_chart(
         trajectories (top eigenvalues, gradient share, when stored); sharpness against
         2/η (more than one record) beside the movement (at least two densities in every
         run); spectrum statistics (when stored); for more than one density, the
-        log-density heat map.
+        log-density heat map; for per-block spectra, every block's λ₁ over training.
     """
-    dense = ds if max_steps is None else _thin(ds, max_steps)
-    several = bool(runs.run_names(ds)[1:])
+    shown = runs.pick_blocks(ds, block)
+    dense = shown if max_steps is None else _thin(shown, max_steps)
+    series = runs.each_series(dense)
     slider = charts.step_slider(dense)
     sm = Smoothing.of(dense, sigma, points, scale=scale)
     at_step = [charts.density_chart(dense, slider, smoothing=sm)]
-    if all(frames.gradient_measure_steps(one).size for _, one in runs.each_run(dense)):
+    if all(frames.gradient_measure_steps(one).size for _, one in series):
         at_step.append(charts.gradient_measure_chart(dense, slider))
     trajectories = []
     if "top_eigenvalues" in ds:
-        trajectories.append(charts.top_eigenvalues_chart(ds, slider))
+        trajectories.append(charts.top_eigenvalues_chart(shown, slider))
     if "grad_fraction" in ds:
-        trajectories.append(charts.gradient_chart(ds, slider))
+        trajectories.append(charts.gradient_chart(shown, slider))
     evolution = []
     if "top_eigenvalues" in ds and ds.sizes.get("step", 1) > 1:
-        evolution.append(charts.sharpness_chart(ds, slider, momentum=momentum))
-    if all(one.sizes["step"] > 1 for _, one in runs.each_run(ds)):
-        evolution.append(charts.movement_chart(ds, slider))
+        evolution.append(charts.sharpness_chart(shown, slider, momentum=momentum))
+    if all(one.sizes["step"] > 1 for _, one in runs.each_series(shown)):
+        evolution.append(charts.movement_chart(shown, slider))
+    several = len(series) > 1
     rows = [
         *_rows(at_step, several),
         *_rows(trajectories, several),
@@ -173,12 +181,30 @@ def report_chart(
         rows.append(charts.statistics_chart(dense, slider))
     if _densities(dense).size > 1:
         rows.append(charts.density_heatmap(dense, slider, smoothing=sm))
+    if "block" in ds.dims and "top_eigenvalues" in ds:
+        rows.append(charts.layer_sharpness_chart(ds, slider))
     return alt.vconcat(*rows).add_params(slider)
 
 
-def _header(ds: xr.Dataset, title: str, shown: int, thinned_from: int | None) -> str:
+def _series_lines(ds: xr.Dataset, block: str | None) -> str:
+    """A paragraph per series dimension: ``Runs: bn, no-bn``, ``Curvatures: ...``, ..."""
+    lines = []
+    for dim in runs.series_dims(ds):
+        names = ", ".join(runs.labels(ds, dim))
+        lines.append(f"<p>{dim.capitalize()}s: {html.escape(names)}</p>")
+    if "block" in ds.dims:
+        (shown,) = runs.labels(runs.pick_blocks(ds, block), "block")
+        lines.append(
+            f"<p>The views show block <b>{html.escape(shown)}</b>; the last chart shows "
+            "every block.</p>"
+        )
+    return "".join(lines)
+
+
+def _header(
+    ds: xr.Dataset, title: str, shown: int, thinned_from: int | None, block: str | None
+) -> str:
     attrs = {k: ds.attrs[k] for k in PROVENANCE if k in ds.attrs}
-    names = runs.run_names(ds)
     rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in attrs.items()
@@ -189,12 +215,11 @@ def _header(ds: xr.Dataset, title: str, shown: int, thinned_from: int | None) ->
         if thinned_from
         else ""
     )
-    run_line = f"<p>Runs: {html.escape(', '.join(names))}</p>" if names else ""
     return (
         f"<h1 style='font-family:sans-serif'>{html.escape(title)}</h1>"
         "<p style='font-family:sans-serif'>Hessian eigenvalue density by stochastic Lanczos "
         "quadrature. Move the <b>training step</b> slider below the charts; hover for "
-        f"values.</p>{run_line}{note}"
+        f"values.</p>{_series_lines(ds, block)}{note}"
         f"<table style='font-family:sans-serif;font-size:13px'>{rows}</table>"
     )
 
@@ -208,6 +233,7 @@ def write_report(
     max_steps: int = MAX_STEPS,
     title: str = "hessnb report",
     momentum: float | None = None,
+    block: str | None = None,
 ) -> Path:
     """Write the self-contained interactive HTML report of one or several runs.
 
@@ -229,6 +255,9 @@ def write_report(
     momentum : float, optional
         Heavy-ball β of the optimizer, for the sharpness chart's threshold (2+2β)/η
         (default: the run's recorded ``momentum``, else 0).
+    block : str, optional
+        For per-block spectra, the block the views show (default: the first); every
+        block's λ₁ is drawn below them.
 
     Returns
     -------
@@ -241,8 +270,10 @@ def write_report(
     ds = load_runs(sources)
     before = _densities(ds).size
     shown = _densities(_thin(ds, max_steps)).size
-    chart = report_chart(ds, sigma=sigma, points=points, max_steps=max_steps, momentum=momentum)
-    header = _header(ds, title, shown, before if shown < before else None)
+    chart = report_chart(
+        ds, sigma=sigma, points=points, max_steps=max_steps, momentum=momentum, block=block
+    )
+    header = _header(ds, title, shown, before if shown < before else None, block)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(to_html(chart, header=header), encoding="utf-8")
     return html_path

@@ -1,14 +1,24 @@
-"""Runs and steps of a view: which run, which recorded steps, and clear errors.
+"""Runs, series and steps of a view: which spectra, which recorded steps, clear errors.
 
 A view takes a single spectrum (dims probe x node), a tracked run (step x probe x node)
-or several runs along ``run``; these helpers reduce any of them to one run with a
-``step`` dimension. Density views keep only the steps that recorded a density (finite
-``nodes``); trajectories also keep the top-k records of ``Tracker(top_every=...)``,
-whose ``nodes`` are NaN but whose ``top_eigenvalues`` and gradient statistics are stored.
+or several runs along ``run``; a run may also hold the spectra of several curvature
+matrices along ``curvature`` (Hessian, Gauss–Newton, empirical Fisher) and of the
+Hessian's diagonal blocks along ``block`` (one per layer). The *series* of a view are the
+combinations of these three dimensions (:data:`SERIES_DIMS`): :func:`each_series` yields
+each as a single run with a ``step`` dimension, labelled by the labels of the dimensions
+present (``"bn · ggn · conv1"``). Charts draw one panel (or one coloured line) per series.
+Blocks are many (a network's layers), so the views show one block by default
+(:func:`pick_blocks`: the first, or those named by ``block=``).
+
+Density views keep only the steps that recorded a density (finite ``nodes``);
+trajectories also keep the top-k records of ``Tracker(top_every=...)``, whose ``nodes``
+are NaN but whose ``top_eigenvalues`` and gradient statistics are stored.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +28,21 @@ from hessnb.schema import QUADRATURE, require
 
 __all__ = [
     "RECORD_VARIABLES",
+    "SEPARATOR",
+    "SERIES_DIMS",
+    "BlockArg",
     "check_step",
     "density_mask",
-    "each_run",
+    "each_series",
+    "labels",
     "open_path",
+    "pick_blocks",
     "record_mask",
     "run_names",
     "select_run",
+    "select_series",
+    "series_dims",
+    "series_title",
     "step_ends",
     "steps_of",
 ]
@@ -33,6 +51,12 @@ __all__ = [
 #: ``top_eigenvalues`` and ``has_density`` (0) also at top-k records. Steps that
 #: ``hessnb.combine_runs`` pads for a run that did not record them are NaN in all three.
 RECORD_VARIABLES = ("nodes", "top_eigenvalues", "has_density")
+#: Dimensions whose labels tell the spectra of one view apart, outermost first.
+SERIES_DIMS = ("run", "curvature", "block")
+#: Joins the labels of a series (``"bn · ggn · conv1"``) and the names of its dimensions.
+SEPARATOR = " · "
+#: The ``block=`` argument of a view: one block name, several, or None (the first).
+BlockArg = str | Sequence[str] | None
 
 
 def open_path(path: str | Path) -> xr.Dataset:
@@ -42,15 +66,66 @@ def open_path(path: str | Path) -> xr.Dataset:
     return open_run(path)
 
 
+def labels(ds: xr.Dataset, dim: str) -> list[str]:
+    """Labels along ``dim`` as strings (positions when it has no coordinate), ``[]`` if absent."""
+    if dim not in ds.dims:
+        return []
+    if dim in ds.coords:
+        return [str(v) for v in ds[dim].values]
+    return [str(i) for i in range(ds.sizes[dim])]
+
+
 def run_names(ds: xr.Dataset) -> list[str]:
     """Names along the ``run`` dimension, or ``[]`` for a single run."""
-    if "run" not in ds.dims:
-        return []
-    return (
-        [str(r) for r in ds["run"].values]
-        if "run" in ds.coords
-        else [str(i) for i in range(ds.sizes["run"])]
-    )
+    return labels(ds, "run")
+
+
+def series_dims(ds: xr.Dataset, keep: Sequence[str] = ()) -> list[str]:
+    """The series dimensions (:data:`SERIES_DIMS`) of ``ds``, less those in ``keep``."""
+    return [d for d in SERIES_DIMS if d in ds.dims and d not in keep]
+
+
+def series_title(ds: xr.Dataset, keep: Sequence[str] = ()) -> str:
+    """What a series label names, e.g. ``"run · curvature"`` (``""`` for a single run)."""
+    return SEPARATOR.join(series_dims(ds, keep))
+
+
+def pick_blocks(ds: xr.Dataset, block: BlockArg = None) -> xr.Dataset:
+    """``ds`` with only the block(s) a view shows, keeping the ``block`` dimension.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Spectra, with or without a ``block`` dimension.
+    block : str, sequence of str or None
+        Block name(s) in ``ds["block"]``; None: the first block (stored order).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` itself when it has no ``block`` dimension and ``block`` is None.
+
+    Raises
+    ------
+    ValueError
+        ``block`` names a block ``ds`` lacks, names none, or is given for a dataset
+        without blocks.
+    """
+    names = labels(ds, "block")
+    if not names:
+        if block is None:
+            return ds
+        raise ValueError(
+            f"block={block!r} was given, but this dataset holds no block spectra (no 'block' "
+            "dimension); blocks come from hessnb.spectrum(op, blocks='layers')"
+        )
+    wanted = [names[0]] if block is None else [block] if isinstance(block, str) else list(block)
+    unknown = [b for b in wanted if str(b) not in names]
+    if unknown or not wanted:
+        raise ValueError(
+            f"no block named {(unknown or wanted)!r}; the dataset holds blocks {names}"
+        )
+    return ds.isel(block=[names.index(str(b)) for b in wanted])
 
 
 def _as_run(ds: xr.Dataset) -> xr.Dataset:
@@ -73,7 +148,7 @@ def _finite_at_steps(ds: xr.Dataset, names: tuple[str, ...]) -> np.ndarray:
 
 
 def density_mask(ds: xr.Dataset) -> np.ndarray:
-    """Which steps hold a density (finite ``nodes`` in any run), shape (s,), bool.
+    """Which steps hold a density (finite ``nodes`` in any series), shape (s,), bool.
 
     Top-k records (``has_density`` 0) and steps padded by ``hessnb.combine_runs`` are
     False. ``ds`` needs a ``step`` dimension.
@@ -82,7 +157,7 @@ def density_mask(ds: xr.Dataset) -> np.ndarray:
 
 
 def record_mask(ds: xr.Dataset) -> np.ndarray:
-    """Which steps hold a record of any kind (full or top-k, in any run), shape (s,), bool.
+    """Which steps hold a record of any kind (full or top-k, in any series), shape (s,), bool.
 
     A step counts when any of :data:`RECORD_VARIABLES` is finite there. ``ds`` needs a
     ``step`` dimension.
@@ -90,52 +165,40 @@ def record_mask(ds: xr.Dataset) -> np.ndarray:
     return _finite_at_steps(ds, RECORD_VARIABLES)
 
 
-def select_run(
-    ds: xr.Dataset, run: str | None = None, *, densities_only: bool = True
-) -> xr.Dataset:
-    """One run of ``ds``, keeping the steps at which it recorded a density (or anything).
+def _position(ds: xr.Dataset, dim: str, label: str | None) -> int:
+    """Position of ``label`` along ``dim`` (None: the only one), else a clear error."""
+    names = labels(ds, dim)
+    if label is None:
+        if len(names) > 1:
+            raise ValueError(f"the dataset holds {dim}s {names}; pass {dim}=<one of them>")
+        return 0
+    if str(label) not in names:
+        raise ValueError(f"no {dim} named {label!r}; the dataset holds {dim}s {names}")
+    return names.index(str(label))
 
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        A run (dims step, probe, node, ...) or several along ``run``.
-    run : str, optional
-        Which run; required when ``ds`` holds several.
-    densities_only : bool
-        Keep only the steps holding a density (:func:`density_mask`), as density views
-        need; False also keeps the top-k records (:func:`record_mask`), as trajectories
-        of ``top_eigenvalues`` and the gradient statistics use.
 
-    Returns
-    -------
-    xarray.Dataset
-        Without a ``run`` dimension, with a ``step`` dimension (a single spectrum becomes
-        step 0).
+def _pick(
+    ds: xr.Dataset, choice: Mapping[str, str | None]
+) -> tuple[xr.Dataset, list[tuple[str, str]]]:
+    """``ds`` at one label of each dimension in ``choice`` that it has (dims dropped).
 
-    Raises
-    ------
-    ValueError
-        Unknown run, or a run without any recorded step (or, with ``densities_only``,
-        without any density).
+    Returns the selection as a run (with a ``step`` dimension) and the ``(dim, label)``
+    pairs picked.
     """
-    require(ds, QUADRATURE, "a spectrum view")
-    names = run_names(ds)
-    label = run
-    if names:
-        if run is None:
-            if len(names) > 1:
-                raise ValueError(f"the dataset holds runs {names}; pass run=<one of them>")
-            run = names[0]
-        if str(run) not in names:
-            raise ValueError(f"no run named {run!r}; the dataset holds runs {names}")
-        position = names.index(str(run))
-        ds = ds.isel(run=position, drop=True)
-        label = str(run)
-    ds = _as_run(ds)
+    picked = []
+    for dim, label in choice.items():
+        if dim in ds.dims:
+            position = _position(ds, dim, label)
+            picked.append((dim, labels(ds, dim)[position]))
+            ds = ds.isel({dim: position}, drop=True)
+    return _as_run(ds), picked
+
+
+def _recorded(ds: xr.Dataset, name: str, densities_only: bool) -> xr.Dataset:
+    """``ds`` at its recorded steps (its densities with ``densities_only``), else raise."""
     records = record_mask(ds)
     keep = density_mask(ds) if densities_only else records
     if not keep.any():
-        name = f"run {label!r}" if label is not None else "the run"
         if records.any():
             raise ValueError(
                 f"{name} holds {int(records.sum())} top-k records but no density yet; a "
@@ -146,6 +209,69 @@ def select_run(
             "before viewing it"
         )
     return ds.isel(step=np.flatnonzero(keep))
+
+
+def _describe(picked: list[tuple[str, str]]) -> str:
+    """``"run 'bn', curvature 'ggn'"`` for the labels picked, ``"the run"`` for none."""
+    return ", ".join(f"{dim} {label!r}" for dim, label in picked) or "the run"
+
+
+def select_series(
+    ds: xr.Dataset, choice: Mapping[str, str | None], *, densities_only: bool = True
+) -> xr.Dataset:
+    """``ds`` at one label of each series dimension in ``choice``, at its recorded steps.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Spectra (dims step?, probe, node, and any of :data:`SERIES_DIMS`).
+    choice : mapping of str to str or None
+        Dimension -> label, e.g. ``{"run": "bn", "block": "conv1"}``; None picks the only
+        label (an error when there are several). Dimensions ``ds`` lacks are ignored;
+        series dimensions not named are kept.
+    densities_only : bool
+        Keep only the steps holding a density (:func:`density_mask`), as density views
+        need; False also keeps the top-k records (:func:`record_mask`), as trajectories
+        of ``top_eigenvalues`` and the gradient statistics use. Steps count when any
+        series kept recorded them.
+
+    Returns
+    -------
+    xarray.Dataset
+        Without the dimensions chosen, with a ``step`` dimension (a single spectrum
+        becomes step 0).
+
+    Raises
+    ------
+    ValueError
+        Unknown label, several labels and none chosen, or a selection without any
+        recorded step (or, with ``densities_only``, without any density).
+    """
+    require(ds, QUADRATURE, "a spectrum view")
+    one, picked = _pick(ds, choice)
+    return _recorded(one, _describe(picked), densities_only)
+
+
+def select_run(
+    ds: xr.Dataset, run: str | None = None, *, densities_only: bool = True
+) -> xr.Dataset:
+    """One run of ``ds``, at its recorded steps: :func:`select_series` of ``{"run": run}``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A run (dims step, probe, node, ...) or several along ``run``.
+    run : str, optional
+        Which run; required when ``ds`` holds several.
+    densities_only : bool
+        As for :func:`select_series`.
+
+    Returns
+    -------
+    xarray.Dataset
+        Without a ``run`` dimension; curvatures and blocks are kept.
+    """
+    return select_series(ds, {"run": run}, densities_only=densities_only)
 
 
 def steps_of(ds: xr.Dataset) -> np.ndarray:
@@ -207,20 +333,47 @@ def step_ends(steps: np.ndarray) -> np.ndarray:
     return np.append(steps[1:], steps[-1] + max(gap, 1))
 
 
-def each_run(ds: xr.Dataset, *, densities_only: bool = True) -> list[tuple[str | None, xr.Dataset]]:
-    """``(name, run)`` for every run of ``ds`` (name None for a dataset without runs).
+def each_series(
+    ds: xr.Dataset, *, densities_only: bool = True, keep: Sequence[str] = ()
+) -> list[tuple[str | None, xr.Dataset]]:
+    """``(label, series)`` for every combination of run, curvature and block in ``ds``.
 
     Parameters
     ----------
     ds : xarray.Dataset
-        A spectrum, a run, or several runs along ``run``.
+        A spectrum, a run, or several runs along ``run``; each with or without
+        ``curvature`` and ``block`` dimensions.
     densities_only : bool
-        As for :func:`select_run`.
+        As for :func:`select_series`.
+    keep : sequence of str
+        Series dimensions to keep in each series instead of iterating over them (e.g.
+        ``("block",)`` for a view of every block at once).
 
     Returns
     -------
     list of (str or None, xarray.Dataset)
-        Each run as :func:`select_run` returns it, in the order of ``run``.
+        Run-major order (``run``, then ``curvature``, then ``block``). The label joins
+        the labels of the series dimensions present (``"bn · ggn · conv1"``; None when
+        there are none); each series is :func:`select_series` of its labels. Combinations
+        without any record (steps ``hessnb.combine_runs`` padded for a run that lacks
+        that curvature or block) are left out.
+
+    Raises
+    ------
+    ValueError
+        As for :func:`select_series`, when no combination holds a record, or one holds
+        top-k records but no density under ``densities_only``.
     """
-    names = run_names(ds) or [None]
-    return [(name, select_run(ds, name, densities_only=densities_only)) for name in names]
+    require(ds, QUADRATURE, "a spectrum view")
+    dims = series_dims(ds, keep)
+    combos = itertools.product(*(labels(ds, d) for d in dims))
+    picks = [_pick(ds, dict(zip(dims, combo, strict=True))) for combo in combos]
+    # combinations padded by combine_runs recorded nothing; if all did, the first raises
+    kept = [(one, picked) for one, picked in picks if record_mask(one).any()] or picks[:1]
+    return [
+        (
+            SEPARATOR.join(label for _, label in picked) or None,
+            _recorded(one, _describe(picked), densities_only),
+        )
+        for one, picked in kept
+    ]

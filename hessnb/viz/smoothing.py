@@ -28,7 +28,7 @@ import xarray as xr
 
 from hessnb.linalg.quadrature import SIGMA2_PER_RANGE, check_sigma, default_sigma, grid_bounds
 from hessnb.schema import QUADRATURE, require
-from hessnb.viz.runs import each_run, steps_of
+from hessnb.viz.runs import each_series, steps_of
 
 __all__ = [
     "COARSE",
@@ -195,7 +195,8 @@ class Smoothing:
         Parameters
         ----------
         ds : xarray.Dataset
-            Holds ``nodes``: a spectrum, a run, or runs along ``run``.
+            Holds ``nodes``: a spectrum, a run, or runs along ``run``, with or without
+            ``curvature`` and ``block`` dimensions (every series counts).
         sigma : float, optional
             One kernel width for every step. Default: each step's own paper width times
             ``scale``.
@@ -209,7 +210,8 @@ class Smoothing:
         Returns
         -------
         Smoothing
-            With ``domain`` covering every step's grid of every run.
+            With ``domain`` covering every step's grid of every series
+            (:func:`hessnb.viz.runs.each_series`).
         """
         require(ds, QUADRATURE, "a density view")
         if x_scale not in ("linear", "symlog"):
@@ -225,7 +227,7 @@ class Smoothing:
                 "at least one step before viewing it"
             )
         policy = cls(scale=float(scale), sigma=sigma, max_points=int(points), x_scale=x_scale)
-        grids = [k.grid for _, run_ds in each_run(ds) for k in policy.kernels(run_ds)]
+        grids = [k.grid for _, one in each_series(ds) for k in policy.kernels(one)]
         domain = (float(min(g[0] for g in grids)), float(max(g[-1] for g in grids)))
         return cls(policy.scale, sigma, policy.max_points, x_scale, domain)
 
@@ -237,7 +239,7 @@ class Smoothing:
         return Kernel(int(step), paper, requested, sigma, grid)
 
     def kernels(self, run_ds: xr.Dataset) -> list[Kernel]:
-        """One kernel per recorded step of a single run (from ``runs.select_run``)."""
+        """One kernel per recorded step of a single series (from ``runs.each_series``)."""
         nodes = run_ds["nodes"].transpose("step", ...).values
         return [self.kernel(n, s) for n, s in zip(nodes, steps_of(run_ds), strict=True)]
 

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import json
+import re
 
 import altair as alt
 import numpy as np
 import pytest
 import xarray as xr
-from vega_spec import table, tables, titles, views_with
-from viz_data import run_dataset, two_runs
+from vega_spec import panel_table, panels, table, tables, titles, views_with
+from viz_data import (
+    BLOCKS,
+    CURVATURES,
+    block_spectrum,
+    run_dataset,
+    series_run,
+    series_runs,
+    two_runs,
+)
 
 import hessnb
 from hessnb.linalg.statistics import STATISTICS
 from hessnb.viz import charts, frames
+from hessnb.viz import runs as runs_of
 from hessnb.viz.export import save
 from hessnb.viz.runs import select_run
 from hessnb.viz.smoothing import Smoothing
@@ -246,14 +256,15 @@ def test_statistics_chart_overlays_runs_and_follows_the_slider(runs: xr.Dataset)
     spec = charts.statistics_chart(runs, slider).to_dict()
     assert [p["name"] for p in spec["params"]] == ["at_step"]
     (line, *_) = views_with(spec, "line")
-    assert line["encoding"]["color"]["field"] == "run"
+    assert line["encoding"]["color"]["field"] == "series"
+    assert line["encoding"]["color"]["title"] == "run"
     data = table(spec, "variable", "value")
-    assert set(data["run"]) == {"bn", "no-bn"}
+    assert set(data["series"]) == {"bn", "no-bn"}
     slider_filter = {"filter": "datum.step <= at_step && at_step < datum.step_end"}
     assert all(slider_filter in v["transform"] for v in views_with(spec, "point"))
     # step 40 exists only in "no-bn": its marker, none for "bn"
     at_40 = table(charts.statistics_chart(runs, 40).to_dict(), "shown")
-    assert set(at_40.loc[at_40["shown"] == 1, "run"]) == {"no-bn"}
+    assert set(at_40.loc[at_40["shown"] == 1, "series"]) == {"no-bn"}
     with pytest.raises(ValueError, match=r"step 15 was not recorded"):
         charts.statistics_chart(runs, 15)
 
@@ -498,3 +509,200 @@ def test_new_charts_render_offline(tracked: xr.Dataset, tmp_path) -> None:
     svg = save(drawn, tmp_path / "new.svg").read_text()
     assert "<svg" in svg[:200] and "sharpness over training" in svg
     assert "gradient&apos;s spectral measure" in svg or "gradient's spectral measure" in svg
+
+
+# ---------------------------------------------------------------------- curvatures and blocks
+#: Datasets of issue 12 and the series each view draws (the first block by default).
+SERIES = {
+    "curvature": ["hessian", "ggn"],
+    "block": ["conv1"],
+    "both": ["hessian · conv1", "ggn · conv1"],
+    "combined": [f"{r} · {c} · conv1" for r in ("bn", "no-bn") for c in CURVATURES],
+}
+
+
+def series_dataset(kind: str) -> xr.Dataset:
+    if kind == "combined":
+        return series_runs()
+    return series_run(
+        curvatures=None if kind == "block" else CURVATURES,
+        blocks=None if kind == "curvature" else BLOCKS,
+    )
+
+
+@pytest.fixture(scope="module", params=list(SERIES))
+def kind(request) -> str:
+    return request.param
+
+
+def panel_labels(spec: dict, what: str) -> list[str]:
+    """The series labels in the titles ``what · label`` of a spec's panels."""
+    texts = [t["text"] for t in titles(spec) if t["text"].startswith(what)]
+    return [text.removeprefix(what).removeprefix(" · ") for text in texts]
+
+
+def test_density_chart_draws_a_panel_per_series(kind: str) -> None:
+    ds = series_dataset(kind)
+    spec = charts.density_chart(ds, 10, band=False).to_dict()
+    assert panel_labels(spec, "Hessian eigenvalue density") == SERIES[kind]
+    shown = runs_of.pick_blocks(ds)  # the first block
+    sm = Smoothing.of(shown)
+    for (label, one), panel in zip(runs_of.each_series(shown), panels(spec), strict=True):
+        assert label in panel["title"]["text"]
+        assert_density(panel_table(spec, panel, "density"), one, 10, sm)
+    x_scales = [v["encoding"]["x"]["scale"] for v in views_with(spec, "line")]
+    assert all(s["domain"] == list(sm.domain) for s in x_scales)  # one x range
+
+
+@pytest.mark.parametrize("kind", ["curvature", "block", "combined"])  # "both": above
+@pytest.mark.parametrize(
+    ("builder", "what"),
+    [
+        (charts.density_heatmap, "log-density over training"),
+        (charts.top_eigenvalues_chart, "top eigenvalues"),
+        (charts.gradient_chart, "gradient concentration"),
+        (charts.sharpness_chart, "sharpness over training"),
+        (charts.movement_chart, "spectrum movement"),
+    ],
+)
+def test_every_view_draws_each_series(kind: str, builder, what: str) -> None:
+    spec = builder(series_dataset(kind)).to_dict()
+    assert panel_labels(spec, what) == SERIES[kind]
+
+
+def test_trajectories_hold_each_series_values() -> None:
+    ds = series_runs()
+    spec = charts.top_eigenvalues_chart(ds, block="fc").to_dict()
+    assert len(spec["concat"]) == 4 and spec["columns"] == 2  # a row per run
+    assert spec["resolve"]["scale"] == {"x": "shared", "y": "shared", "color": "shared"}
+    for panel, (run, curvature) in zip(
+        spec["concat"], [(r, c) for r in ("bn", "no-bn") for c in CURVATURES], strict=True
+    ):
+        assert panel["title"] == f"top eigenvalues · {run} · {curvature} · fc"
+        top = panel_table(spec, panel, "k", "eigenvalue", without="step_end")
+        one = ds.sel(run=run, curvature=curvature, block="fc").dropna("step", how="all")
+        wide = top.pivot(index="step", columns="k", values="eigenvalue")
+        np.testing.assert_array_equal(wide.to_numpy(), one.top_eigenvalues.values)
+    sharp = charts.sharpness_chart(series_run(blocks=None), 10).to_dict()
+    for panel, curvature in zip(sharp["vconcat"][0]["hconcat"], CURVATURES, strict=True):
+        data = panel_table(sharp, panel, "sharpness", "threshold")
+        expected = series_run(blocks=None).top_eigenvalues.sel(curvature=curvature, k=1)
+        np.testing.assert_array_equal(data["sharpness"], expected)
+
+
+def test_statistics_overlay_the_series(kind: str) -> None:
+    spec = charts.statistics_chart(series_dataset(kind), 10).to_dict()
+    data = table(spec, "variable", "value", "series")
+    assert sorted(set(data["series"])) == sorted(SERIES[kind])
+    line = views_with(spec, "line")[0]
+    if len(SERIES[kind]) > 1:
+        assert line["encoding"]["color"]["field"] == "series"
+        assert line["encoding"]["color"]["title"] == runs_of.series_title(series_dataset(kind))
+    else:
+        assert "field" not in line["encoding"]["color"]  # one series: one colour
+
+
+def test_block_argument_selects_blocks() -> None:
+    ds = series_run(curvatures=None)
+    spec = charts.density_chart(ds, 20, block="fc", band=False).to_dict()
+    fc = ds.sel(block="fc")
+    assert_density(table(spec, "density"), fc, 20, Smoothing.of(ds.sel(block=["fc"])))
+    two = charts.movement_chart(ds, block=["fc", "0"]).to_dict()
+    assert panel_labels(two, "spectrum movement") == ["fc", "0"]
+    for panel, block in zip(two["hconcat"], ["fc", "0"], strict=True):
+        moved = panel_table(two, panel, "w1")["w1"]
+        np.testing.assert_array_equal(moved, ds.sel(block=block).hess.movement().values)
+    with pytest.raises(ValueError, match=r"no block named \['nope'\]; the dataset holds blocks"):
+        charts.density_chart(ds, block="nope")
+    with pytest.raises(ValueError, match=r"block='fc' was given, but this dataset holds no"):
+        charts.sharpness_chart(run_dataset(steps=(0, 10)), block="fc")
+
+
+def test_gradient_measure_of_each_curvature(tracked: xr.Dataset) -> None:
+    from viz_data import stack
+
+    both = stack(
+        [tracked, tracked.assign(grad_nodes=2 * tracked.grad_nodes)], "curvature", CURVATURES
+    )
+    spec = charts.gradient_measure_chart(both).to_dict()
+    assert panel_labels(spec, "gradient's spectral measure") == list(CURVATURES)
+    hessian, ggn = (panel_table(spec, p, "cumulative") for p in spec["hconcat"])
+    np.testing.assert_array_equal(
+        ggn["eigenvalue"].iloc[1:-1], 2 * hessian["eigenvalue"].iloc[1:-1]
+    )
+
+
+# ---------------------------------------------------------------------- layer sharpness
+def test_layer_sharpness_heat_map(kind: str) -> None:
+    ds = series_dataset(kind)
+    if kind == "curvature":
+        with pytest.raises(ValueError, match=r"needs the spectra of the Hessian's diagonal blocks"):
+            charts.layer_sharpness_chart(ds)
+        return
+    spec = round_trips(charts.layer_sharpness_chart(ds, 10, k=2))
+    layers = runs_of.each_series(ds, densities_only=False, keep=("block",))
+    expected = [label or "" for label, _ in layers]  # no label: a single run and curvature
+    assert panel_labels(spec, "λ₂ of each block over training") == expected
+    (rect, *_) = views_with(spec, "rect")
+    assert rect["encoding"]["y"] == {
+        "field": "block",
+        "type": "nominal",
+        "sort": list(BLOCKS),
+        "title": "block",
+    }
+    assert rect["encoding"]["color"]["scale"]["type"] == "log"  # every λ₂ > 0
+    for (_, one), panel in zip(layers, panels(spec), strict=True):
+        cells = panel_table(spec, panel, "block", "eigenvalue")
+        assert len(cells) == one.sizes["step"] * len(BLOCKS)  # a row per block at every step
+        for block, rows in cells.groupby(cells["block"].astype(str)):
+            np.testing.assert_array_equal(
+                rows["eigenvalue"], one.top_eigenvalues.sel(block=block, k=2).values
+            )
+        assert cells["n_params"].tolist() == [10, 20, 30] * one.sizes["step"]
+    rules = views_with(spec, "rule")
+    assert rules and all({"filter": "datum.step == 10"} in v["transform"] for v in rules)
+
+
+def test_layer_sharpness_values_and_scales() -> None:
+    ds = series_run(curvatures=None)
+    spec = charts.layer_sharpness_chart(ds).to_dict()
+    cells = table(spec, "block", "eigenvalue")
+    wide = cells.pivot(index="step", columns="block", values="eigenvalue")
+    wide.columns = wide.columns.astype(str)
+    np.testing.assert_array_equal(wide[list(BLOCKS)].to_numpy(), ds.top_eigenvalues.sel(k=1).values)
+    assert spec["height"] == len(BLOCKS) * charts.LAYER_ROW_HEIGHT
+    negative = ds.copy()
+    negative["top_eigenvalues"] = negative.top_eigenvalues - 3.0
+    spec = charts.layer_sharpness_chart(negative).to_dict()
+    (rect,) = views_with(spec, "rect")
+    assert rect["encoding"]["color"]["scale"]["type"] == "symlog"
+    (title,) = [t for t in titles(spec) if "subtitle" in t]
+    assert title["subtitle"] == ["symmetric-log colours: some λ₁ ≤ 0"]
+    spec = charts.layer_sharpness_chart(ds, log=False).to_dict()
+    (rect,) = views_with(spec, "rect")
+    assert rect["encoding"]["color"]["scale"]["type"] == "linear"
+    slider = charts.step_slider(ds)
+    spec = charts.layer_sharpness_chart(ds, slider).to_dict()
+    assert [p["name"] for p in spec["params"]] == ["at_step"]
+    (rule,) = views_with(spec, "rule")
+    assert {"filter": "datum.step <= at_step && at_step < datum.step_end"} in rule["transform"]
+    with pytest.raises(ValueError, match=r"k must lie in 1..3, got 4"):
+        charts.layer_sharpness_chart(ds, k=4)
+    with pytest.raises(ValueError, match=r"a 'block' dimension.*hessnb.spectrum\(op, blocks="):
+        charts.layer_sharpness_chart(run_dataset(steps=(0, 10)))
+
+
+def test_layer_sharpness_of_a_single_block_spectrum() -> None:
+    spectrum = block_spectrum()
+    cells = table(charts.layer_sharpness_chart(spectrum).to_dict(), "block", "eigenvalue")
+    assert cells["block"].tolist() == ["low", "high"] and cells["step"].tolist() == [0, 0]
+    np.testing.assert_allclose(cells["eigenvalue"], [6.0, 12.0])
+    assert table(charts.density_chart(spectrum).to_dict(), "density")["step"].tolist()[0] == 0
+
+
+def test_layer_sharpness_renders_offline_in_stored_order(tmp_path) -> None:
+    ds = series_run(curvatures=None)
+    svg = save(charts.layer_sharpness_chart(ds, 10), tmp_path / "layers.svg").read_text()
+    assert "λ₁ of each block over training" in svg
+    labels = re.findall(r">(conv1|0|fc)</text>", svg)
+    assert labels[-3:] == list(BLOCKS)  # the y axis, top to bottom, in the stored order

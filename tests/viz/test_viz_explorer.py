@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
-from vega_spec import layers, table, tables, titles, views_with
-from viz_data import run_dataset, two_runs
+from vega_spec import layers, panel_table, panels, table, tables, titles, views_with
+from viz_data import BLOCKS, CURVATURES, run_dataset, series_run, two_runs
 
 import hessnb
 from hessnb.linalg.statistics import STATISTICS
@@ -239,3 +239,80 @@ def test_refresh_picks_up_top_k_records(tracked: xr.Dataset) -> None:
     ex.refresh()
     assert [s for _, s in ex.step_slider.options] == [0, 6] and ex.step == 6
     assert table(drawn(ex), "sharpness")["step"].tolist() == [0, 2, 4, 6]
+
+
+# ---------------------------------------------------------------------- curvatures and blocks
+def assert_shows_panel(ex: Explorer, spec: dict, i: int, one: xr.Dataset, step: int) -> None:
+    """Density panel ``i`` holds ``one``'s density at ``step`` with the explorer's kernels."""
+    (panel,) = [p for p in spec["vconcat"] if "Hessian" in str(titles(p))]
+    data = panel_table(spec, panels(panel)[i], "density")
+    (kernel,) = ex.smoothing.kernels(one.sel(step=[step]))
+    expected = one.sel(step=[step]).hess.density(sigma=kernel.sigma, grid=kernel.grid)
+    np.testing.assert_array_equal(data["density"], expected.values[0])
+
+
+def test_curvatures_side_by_side_and_a_block_selector() -> None:
+    ds = series_run()
+    ex = Explorer(ds)
+    assert ex.block_select.options == BLOCKS and ex.block == "conv1"
+    assert ex.block_select.layout.display is None and ex.run_select.layout.display == "none"
+    spec = drawn(ex)
+    densities = [t["text"] for t in titles(spec) if t["text"].startswith("Hessian")]
+    assert densities == [f"Hessian eigenvalue density · {c}" for c in CURVATURES]
+    hessian = ds.sel(curvature="hessian", block="conv1")
+    assert_shows_panel(ex, spec, 0, hessian, 20)
+    assert_shows_panel(ex, spec, 1, ds.sel(curvature="ggn", block="conv1"), 20)
+    np.testing.assert_array_equal(
+        ex.density().values, hessian.sel(step=[20]).hess.density(ex.sigma, ex.kernel.grid)[0]
+    )  # the first curvature's
+    assert "block <b>conv1</b>" in ex.status.value and "at step 20 (hessian)" in ex.status.value
+    layers = [t for t in tables(spec) if "block" in t]  # every block's λ₁, per curvature
+    assert len(layers) == 2 and all(set(t["block"].astype(str)) == set(BLOCKS) for t in layers)
+    firsts = [titles(row)[0]["text"].split(" · ")[0] for row in spec["vconcat"]]
+    assert firsts == [  # a row per view, each a panel per curvature
+        "Hessian eigenvalue density",
+        "gradient concentration",
+        "sharpness over training",
+        "spectrum statistics over training",
+        "λ₁ of each block over training",
+    ]
+    ex.block = "fc"
+    assert_shows_panel(ex, drawn(ex), 1, ds.sel(curvature="ggn", block="fc"), 20)
+    assert "block <b>fc</b>" in ex.status.value
+    assert_shows_panel(ex, drawn(ex), 0, ds.sel(curvature="hessian", block="fc"), 20)
+    with pytest.raises(ValueError, match=r"no block named \['x'\]"):
+        ex.block = "x"
+
+
+def test_runs_and_blocks_combined() -> None:
+    ds = hessnb.combine_runs(
+        {
+            "bn": series_run(curvatures=None, name="bn", seed=1),
+            "no-bn": series_run((0, 10, 20, 40), curvatures=None, name="no-bn", seed=2),
+        }
+    )
+    ex = Explorer(ds, run="no-bn", block="0")
+    assert (ex.run, ex.block, ex.step) == ("no-bn", "0", 40)
+    assert_shows(ex, ds.sel(run="no-bn", block="0"), 40, 1.0)
+    ex.run = "bn"
+    assert (ex.block, ex.step) == ("0", 20)  # the block stays, the step follows the run
+    assert_shows(ex, ds.sel(run="bn", block="0"), 20, 1.0)
+    assert "run <b>bn</b> · block <b>0</b>" in ex.status.value
+    (layers,) = [t for t in tables(drawn(ex)) if "block" in t]  # the run's blocks
+    np.testing.assert_array_equal(
+        layers.pivot(index="step", columns="block", values="eigenvalue").to_numpy(),
+        ds.sel(run="bn").top_eigenvalues.sel(k=1).dropna("step").values[:, [1, 0, 2]],
+    )  # the pivot sorts the blocks: 0, conv1, fc
+
+
+def test_refresh_picks_up_blocks() -> None:
+    current = {"ds": run_dataset(steps=(0, 10))}
+    ex = Explorer(lambda: current["ds"])
+    assert ex.block is None and ex.block_select.layout.display == "none"
+    assert not [t for t in tables(drawn(ex)) if "block" in t]  # no layer view
+    current["ds"] = series_run(curvatures=None)
+    ex.refresh()
+    assert ex.block == "conv1" and ex.block_select.options == BLOCKS
+    assert ex.block_select.layout.display is None
+    assert len([t for t in tables(drawn(ex)) if "block" in t]) == 1
+    assert_shows(ex, series_run(curvatures=None).sel(block="conv1"), 20, 1.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from viz_data import LR_DROP_STEP, TRACKED_LR, run_dataset
+from viz_data import BLOCKS, LR_DROP_STEP, TRACKED_LR, run_dataset, series_run
 
 from hessnb.linalg.statistics import STATISTICS
 from hessnb.viz import frames, runs
@@ -187,3 +187,20 @@ def test_recorded_momentum_sets_the_default_threshold():
     varying = xr.Dataset({"momentum": ("step", [0.9, 0.5, 0.9])}, coords=steps)
     with pytest.raises(ValueError, match="changes during the run"):
         recorded_momentum(varying)
+
+
+# ---------------------------------------------------------------------- blocks
+def test_layer_frame_is_each_blocks_eigenvalue_of_rank_k() -> None:
+    ds = series_run(curvatures=None)
+    table = frames.layer_frame(ds, k=3)
+    assert table["step"].tolist() == [s for s in (0, 10, 20) for _ in BLOCKS]
+    assert table["block"].tolist() == list(BLOCKS) * 3  # the stored order within each step
+    np.testing.assert_array_equal(
+        table["eigenvalue"], ds.top_eigenvalues.sel(k=3).transpose("step", "block").values.ravel()
+    )
+    assert table["n_params"].tolist() == [10, 20, 30] * 3
+    gap = ds.copy()
+    gap["top_eigenvalues"] = gap.top_eigenvalues.where(gap.block != "0")  # not recorded
+    assert "0" not in set(frames.layer_frame(gap)["block"])
+    with pytest.raises(ValueError, match=r"a per-block view needs the 'block' dimension"):
+        frames.layer_frame(run_dataset(steps=(0, 10)))

@@ -74,7 +74,12 @@ def test_every_public_name_resolves() -> None:
     assert hessnb.explore is hessnb.viz.explore is explorer.explore
     assert hessnb.viz.density_chart is charts.density_chart
     assert hessnb.viz.write_report is report.write_report
-    for name in ("sharpness_chart", "gradient_measure_chart", "movement_chart"):
+    for name in (
+        "sharpness_chart",
+        "gradient_measure_chart",
+        "movement_chart",
+        "layer_sharpness_chart",
+    ):
         assert getattr(hessnb.viz, name) is getattr(charts, name)
     assert hessnb.viz.__all__ == sorted(hessnb.viz.__all__)
     for name in hessnb.viz.__all__:

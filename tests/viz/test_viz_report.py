@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from vega_spec import table, tables, views_with
-from viz_data import run_dataset
+from vega_spec import table, tables, titles, views_with
+from viz_data import BLOCKS, CURVATURES, run_dataset, series_run
 
 from hessnb.linalg.statistics import STATISTICS
 from hessnb.runfile import write_run
@@ -43,10 +43,11 @@ def test_report_chart_links_every_view_to_one_slider() -> None:
     for kind in ("line", "rule", "text", "point"):
         assert any(slider_filter in v.get("transform", []) for v in views_with(spec, kind))
     assert views_with(spec, "rect")  # the heat map
-    stats = table(spec, "variable", "value", "run")  # the statistics over training
+    assert not [t for t in tables(spec) if "block" in t]  # no blocks: no layer view
+    stats = table(spec, "variable", "value", "series")  # the statistics over training
     assert set(stats["variable"]) == {"outlier_gap", "n_outliers", "lambda_min", "negative_mass"}
     older = report.report_chart(run.drop_vars(list(STATISTICS))).to_dict()
-    assert not [t for t in tables(older) if "variable" in t and "run" in t]
+    assert not [t for t in tables(older) if "variable" in t and "series" in t]
 
 
 def test_write_report_makes_a_self_contained_page(files, tmp_path) -> None:
@@ -145,3 +146,36 @@ def test_report_of_a_tracked_and_an_old_run(tracked: xr.Dataset) -> None:
     assert sorted(steps) == [[0, 2, 4, 6], [0, 10, 20]]
     moved = sorted(t["step"].tolist() for t in tables(spec) if "w1" in t)
     assert moved == [[6], [10, 20]]  # each run between its own densities
+
+
+# ---------------------------------------------------------------------- curvatures and blocks
+def test_report_of_combined_curvature_and_block_runs() -> None:
+    both = report.load_runs(
+        [series_run(name="bn", seed=1), series_run((0, 10, 20, 40), name="no-bn", seed=2)]
+    )
+    assert runs.series_dims(both) == ["run", "curvature", "block"]
+    spec = report.report_chart(both, points=60, block="fc").to_dict()
+    assert [p["name"] for p in spec["params"]] == ["at_step"]
+    expected = [f"{r} · {c} · fc" for r in ("bn", "no-bn") for c in CURVATURES]
+    densities = [t["text"] for t in titles(spec) if t["text"].startswith("Hessian")]
+    assert densities == [f"Hessian eigenvalue density · {label}" for label in expected]
+    assert set(table(spec, "variable", "value", "series")["series"]) == set(expected)
+    layers = [t for t in tables(spec) if "block" in t]  # every block, per run and curvature
+    assert len(layers) == 4
+    assert all(set(t["block"].astype(str)) == set(BLOCKS) for t in layers)
+    rects = [v for v in views_with(spec, "rect") if v["encoding"]["y"]["field"] == "block"]
+    assert len(rects) == 4 and all(v["encoding"]["y"]["sort"] == list(BLOCKS) for v in rects)
+    slider_filter = {"filter": "datum.step <= at_step && at_step < datum.step_end"}
+    rules = [v for v in views_with(spec, "rule") if slider_filter in v.get("transform", [])]
+    assert len(rules) >= 4
+
+
+def test_report_page_names_the_curvatures_and_the_block_shown(tmp_path) -> None:
+    page = report.write_report(
+        series_run(curvatures=None), tmp_path / "r.html", points=40, block="0"
+    ).read_text()
+    body = page[page.rfind("</head>") :]
+    assert "Blocks: conv1, 0, fc" in body and "The views show block <b>0</b>" in body
+    assert "Curvatures" not in body and "Runs:" not in body
+    with pytest.raises(ValueError, match=r"no block named \['x'\]"):
+        report.write_report(series_run(curvatures=None), tmp_path / "x.html", block="x")

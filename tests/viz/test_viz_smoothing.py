@@ -54,7 +54,7 @@ def isolated_top(nodes: np.ndarray, sigma: float) -> float | None:
 def test_shipped_runs_are_drawn_with_each_steps_paper_kernel(shipped: xr.Dataset) -> None:
     sm = Smoothing.of(shipped)
     ratios = {}
-    for name, one in runs.each_run(shipped):
+    for name, one in runs.each_series(shipped):
         kernels = sm.kernels(one)
         table = frames.density_frame(one, sm)
         for kernel in kernels:
@@ -79,7 +79,7 @@ def spread(nodes: np.ndarray) -> float:
 
 def test_runs_with_different_ranges_get_different_kernels(shipped: xr.Dataset) -> None:
     sm = Smoothing.of(shipped)
-    (nobn_name, nobn), (bn_name, bn) = runs.each_run(shipped)
+    (nobn_name, nobn), (bn_name, bn) = runs.each_series(shipped)
     assert (nobn_name, bn_name) == ("no-bn", "bn")
     compared = 0
     for a, b in zip(sm.kernels(nobn), sm.kernels(bn), strict=True):
@@ -154,7 +154,7 @@ def test_fixed_sigma_and_domain() -> None:
     sm = Smoothing.of(both, sigma=0.05)
     assert sm.describe() == "σ = 0.05 for every step"
     edges = []
-    for _, one in runs.each_run(both):
+    for _, one in runs.each_series(both):
         for kernel in sm.kernels(one):
             assert kernel.sigma == 0.05 and kernel.requested == 0.05
             edges += [kernel.grid[0], kernel.grid[-1]]
