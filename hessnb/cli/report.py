@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=MAX_STEPS,
         help="embed at most this many steps (default %(default)s)",
     )
+    parser.add_argument(
+        "--block",
+        default=None,
+        help="for runs recorded with blocks (per-layer spectra): the block the density views "
+        "show (default: the first); the layer heat map shows every block",
+    )
     parser.add_argument("--title", default="hessnb report", help="page heading")
 
 
@@ -47,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         points=args.points,
         max_steps=args.max_steps,
         title=args.title,
+        block=args.block,
     )
     print(f"wrote {path}")
     return 0

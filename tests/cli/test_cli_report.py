@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch.nn import functional as F
+
+import hessnb
 from hessnb import cli
+from hessnb.reference import data, models
 
 SHIPPED = Path(__file__).parents[2] / "notebooks" / "data"
 
@@ -27,3 +32,17 @@ def test_report_errors(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("hessnb report: error: ") and "ending in .html" in err
     assert not (tmp_path / "r.png").exists()
+
+
+def test_report_of_a_per_layer_run_shows_the_chosen_block(tmp_path, capsys) -> None:
+    torch.manual_seed(0)
+    model = models.mlp(hidden=(4,))
+    batches = data.fixed_batches(data.digits(images=False, size=60), 30)
+    run = tmp_path / "layers.nc"
+    options = {"lanczos_steps": 8, "top_k": 2, "blocks": "layers", "progress": False}
+    hessnb.Tracker(model, F.cross_entropy, batches, run, **options).record(0)
+    out = tmp_path / "report.html"
+    assert cli.main(["report", str(run), "--html", str(out), "--block", "3"]) == 0
+    assert "The views show block <b>3</b>" in out.read_text()
+    assert cli.main(["report", str(run), "--html", str(out), "--block", "7"]) == 2
+    assert "7" in capsys.readouterr().err
