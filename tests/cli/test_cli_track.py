@@ -73,3 +73,19 @@ def test_invalid_settings_are_reported(tmp_path, capsys) -> None:
     code = _track(tmp_path / "run.nc", "--lanczos-steps", "4", "--top-k", "10")
     assert code == 2
     assert "hessnb track: error: top_k=10 exceeds lanczos_steps=4" in capsys.readouterr().err
+
+
+def test_curvatures_and_layers_from_the_command_line(tmp_path) -> None:
+    run = tmp_path / "curv.nc"
+    code = _track(
+        run,
+        *("--train-steps", "2", "--every", "2", "--lanczos-steps", "5", "--top-k", "2"),
+        *("--curvature", "hessian", "ggn", "--blocks", "layers"),
+    )
+    assert code == 0
+    ds = open_run(run)
+    assert ds.nodes.dims == ("step", "curvature", "block", "probe", "node")
+    assert ds.curvature.values.tolist() == ["hessian", "ggn"]
+    assert ds.attrs["curvature"] == "hessian ggn" and ds.attrs["blocks"] == "layers"
+    # a resumed run with other curvatures is refused (exit status 2, nothing written)
+    assert _track(run, "--train-steps", "2", "--every", "2", "--lanczos-steps", "5") == 2
