@@ -341,7 +341,8 @@ class DataPass:
         supports: list[list[int]] | None,
     ) -> None:
         space, k = self.space, len(tangents)
-        mask = None if supports is None else self._support_mask(supports)
+        # functional backends return whole products: restrict their rows afterwards
+        mask = None if supports is None or self.functional is None else self._support_mask(supports)
         for entry in entries:
             totals.add(entry)
             if totals.gradient is not None:

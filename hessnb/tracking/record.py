@@ -225,7 +225,11 @@ def record_step(
         record.attrs["blocks"] = "custom"
     for name in ("loss", "accuracy"):  # one value per step, whatever the blocks
         record[name] = ((), np.float64(evaluation.get(name, math.nan)), variable_attrs(name))
-    hvps = sum(int(est.lengths.sum()) + int(np.isfinite(est.grad_nodes).sum()) for est in ests)
+    hvps = sum(
+        int(est.lengths.sum())
+        + (0 if est.grad_nodes is None else int(np.isfinite(est.grad_nodes).sum()))
+        for est in ests
+    )
     values = {**_floats(extra), "has_density": np.int8(1), "hvps": hvps}
     return Recorded(_package(op, record, step, values, attrs), ests[0].top_vectors)
 
@@ -248,12 +252,12 @@ def _spectrum_record(
     """One spectrum's dataset with its gradient statistics (and measure, NaN if none)."""
     record = to_dataset(est)
     if est.grad_nodes is None:  # a zero gradient has no spectral measure
-        est.grad_nodes, est.grad_weights = np.full(steps, np.nan), np.full(steps, np.nan)
-        hg = math.nan
+        nodes, weights, hg = np.full(steps, np.nan), np.full(steps, np.nan), math.nan
     else:
+        nodes, weights = est.grad_nodes, est.grad_weights
         hg = est.grad_alpha / math.hypot(est.grad_alpha, est.grad_beta)
     statistics = gradient_statistics(evaluation, est.top_vectors, hg, direction)
-    statistics.update(grad_nodes=est.grad_nodes, grad_weights=est.grad_weights)
+    statistics.update(grad_nodes=nodes, grad_weights=weights)
     for key, value in _floats(statistics).items():
         if key not in ("loss", "accuracy"):
             record[key] = (VARIABLES[key].dims, value, variable_attrs(key))
